@@ -1,0 +1,42 @@
+"""Hardware facts of the Ascend A2/A3 (910B) target, each with its source.
+
+Also used by qwenlayers-a2a3sim, which simulates this same target on the CPU.
+"""
+
+from __future__ import annotations
+
+from qwenlayers import Budgets, Buffers, Cores, Figure, Platform, TilingPlan
+from qwenlayers.runtime.probes import npu_probe
+
+INI = "pypto 0.2.0 lib/configs/A2A3.ini (Ascend910B1)"
+
+BUFFERS = Buffers(ub=196608, l0a=65536, l0b=65536, l0c=131072, l1=524288, source=INI)
+CORES = Cores(cube=24, vector=48, source=INI)
+#: pypto-lib's per-tile budgets (reference 000): 2 KB per vector tile, 16 KB per cube tile.
+BUDGETS = Budgets(tilelet_bytes=2048, tile_bytes=16384)
+HBM = Figure(1600.0, "GB/s", "Ascend 910B vendor material (HBM2e, ~1.6 TB/s), nominal, not measured")
+BF16_PEAK = Figure(313.0, "TFLOP/s", "Atlas 800T A2 vendor material (~313 TFLOP/s FP16/BF16 dense), nominal")
+
+A2A3 = Platform(
+    name="a2a3",
+    description="Ascend A2/A3 (910B class) NPU through CANN and torch_npu",
+    arch="DAV_2201",
+    backend="A2A3",
+    run_mode="npu",
+    buffers=BUFFERS,
+    cores=CORES,
+    budgets=BUDGETS,
+    hbm_bandwidth=HBM,
+    bf16_peak=BF16_PEAK,
+    probe=npu_probe,
+)
+
+#: The Qwen3-32B plan of pypto-lib reference 000 (TOK_TILE=4, K_CHUNK=128, *_OUT_CHUNK=64,
+#: Q_HEAD_BATCH=4, SEQ_TILE=64); other presets are derived from it by qwenlayers.core.tiling.
+ANCHORS = {
+    phase: TilingPlan(
+        phase=phase, tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64,
+        mlp_out_chunk=64, q_head_batch=4, seq_tile=64, source="plugin qwenlayers-a2a3",
+    )
+    for phase in ("decode", "prefill")
+}

@@ -1,0 +1,70 @@
+"""Hardware facts of the Ascend A5 (950PR) target, each with its source.
+
+Also used by qwenlayers-a5sim, which simulates this same target on the CPU.
+"""
+
+from __future__ import annotations
+
+from qwenlayers import Budgets, Buffers, Cores, Figure, Platform, TilingPlan
+from qwenlayers.runtime.probes import npu_probe
+
+INI_SOURCE = "upstream pypto master 950PR_957x.ini (as measured in shared/pypto-on-cpu.md)"
+
+#: pypto 0.2.0 reads its compile target only from <pypto>/lib/configs/A2A3.ini; this is the A5
+#: description that the a5sim plugin puts there (the file name must stay A2A3.ini).
+A5_INI = """\
+# A5 (Ascend950PR) description for pypto 0.2.0; written by qwenlayers-a5sim.
+[version]
+SoC_version=Ascend950PR_9579
+Short_SoC_version=Ascend950
+AIC_version=AIC-C-310
+CCEC_AIC_version=dav-c310-cube
+CCEC_AIV_version=dav-c310-vec
+CCEC_CUBE_version=dav-c310-cube
+CCEC_VECTOR_version=dav-c310-vec
+NpuArch=3510
+[SoCInfo]
+ai_core_cnt=28
+cube_core_cnt=28
+vector_core_cnt=56
+ai_cpu_cnt=5
+l2_size=134217728
+[AICoreSpec]
+cube_freq=1650
+l0_a_size=65536
+l0_b_size=65536
+l0_c_size=262144
+l1_size=524288
+ub_size=253952
+bt_size=4096
+fb0_size=4096
+"""
+
+BUFFERS = Buffers(ub=253952, l0a=65536, l0b=65536, l0c=262144, l1=524288, source=INI_SOURCE)
+CORES = Cores(cube=28, vector=56, source=INI_SOURCE)
+BUDGETS = Budgets(tilelet_bytes=2048, tile_bytes=16384)
+HBM = Figure(1600.0, "GB/s", "Ascend 950PR announcement (HiBL 1.0 HBM, 1.6 TB/s), nominal, not measured")
+BF16_PEAK = Figure(500.0, "TFLOP/s", "Ascend 950 announcement (1 PFLOP/s FP8; BF16 taken as half), nominal, unverified")
+
+A5 = Platform(
+    name="a5",
+    description="Ascend A5 (950 class) NPU through CANN and torch_npu",
+    arch="DAV_3510",
+    backend="Ascend950",
+    run_mode="npu",
+    buffers=BUFFERS,
+    cores=CORES,
+    budgets=BUDGETS,
+    hbm_bandwidth=HBM,
+    bf16_peak=BF16_PEAK,
+    probe=npu_probe,
+)
+
+#: Same anchor as A2A3 (pypto-lib reference 000's Qwen3-32B plan): the budgets are equal.
+ANCHORS = {
+    phase: TilingPlan(
+        phase=phase, tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64,
+        mlp_out_chunk=64, q_head_batch=4, seq_tile=64, source="plugin qwenlayers-a5",
+    )
+    for phase in ("decode", "prefill")
+}

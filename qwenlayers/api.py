@@ -1,0 +1,95 @@
+"""The Python API: select a platform, plan, build and run on it, check against the golden."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from qwenlayers.core import golden
+from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.tiling import TilingPlan, check_plan
+from qwenlayers.errors import KernelError
+from qwenlayers.registry import PlatformRegistry, get_registry
+
+
+def _registry(registry: PlatformRegistry | None) -> PlatformRegistry:
+    return registry or get_registry()
+
+
+def plan(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    phase: Phase,
+    *,
+    platform: str | Platform | None = None,
+    overrides: Mapping[str, int] | None = None,
+    registry: PlatformRegistry | None = None,
+) -> TilingPlan:
+    """The tiling plan the selected platform's plugin gives, with user overrides applied and the
+    result validated against the platform's budgets."""
+    reg = _registry(registry)
+    target = platform if isinstance(platform, Platform) else reg.select(platform)
+    cfg = as_config(config)
+    result = reg.tiling_defaults(target, cfg, phase).with_overrides(overrides or {})
+    check_plan(result, cfg, target)
+    return result
+
+
+@dataclass
+class SmokeResult:
+    """The RMSNorm smoke run: the worker's report plus the comparison with the golden."""
+
+    platform: str
+    report: dict[str, Any]
+    max_abs_err: float
+    exact: bool
+    wall_s: float
+    workarounds: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        passes = self.report.get("verification", {}).get("passes", {})
+        return self.max_abs_err <= 1e-2 and all(v.get("FAILED", 0) == 0 for v in passes.values())
+
+
+def smoke(
+    platform: str | None = None,
+    *,
+    tokens: int = 16,
+    hidden: int = 1024,
+    eps: float = 1e-6,
+    seed: int = 0,
+    keep: bool = False,
+    registry: PlatformRegistry | None = None,
+) -> SmokeResult:
+    """Compile and run an RMSNorm kernel on the platform and compare it with the golden RMSNorm.
+
+    Proves the whole runtime: the plugin prepared the worker, pypto compiled for the platform's
+    arch (``report['npuarch']``), the cost model ran (``sim_us``), and the output came back filled
+    by pypto's interpreter.
+    """
+    reg = _registry(registry)
+    target = reg.select(platform, require_available=True)
+    workarounds = reg.workarounds(target)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=gen).bfloat16()
+    g = (1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16()
+    vec_cols = min(hidden, max(32, target.budgets.tilelet_bytes * 8 // 4 // tokens))  # fp32 columns per vec tile
+    from qwenlayers.runtime.worker import run_job
+
+    result = run_job(
+        target,
+        "rmsnorm",
+        {"x": x, "g": g, "eps": eps, "vec_tile": (tokens, vec_cols)},
+        registry=reg,
+        verify_passes=True,
+        keep=keep,
+    )
+    out = result.outputs["out"]
+    ref = golden.rms_norm(x, g, eps)
+    if out.shape != ref.shape:
+        raise KernelError(f"smoke kernel returned shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+    err = (out.float() - ref.float()).abs().max().item()
+    return SmokeResult(target.name, result.report, err, torch.equal(out, ref), result.wall_s, workarounds.keys())

@@ -1,0 +1,175 @@
+"""Qwen3 model configurations: the public presets and small test presets.
+
+``head_dim`` is its own field: for Qwen3-32B the hidden size is 5120 while the query width is
+64 x 128 = 8192, a difference pypto-lib's kernels once lost. ``max_seq`` is the KV-cache length
+the kernels are built for, not a model property of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from qwenlayers.errors import InputError
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    """Shapes and constants of one Qwen3 decoder layer."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_seq: int = 4096
+
+    def __post_init__(self) -> None:
+        for f in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "max_seq"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or value <= 0:
+                raise InputError(f"Qwen3Config.{f} must be a positive int, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise InputError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}; GQA needs whole groups"
+            )
+        if self.head_dim % 2:
+            raise InputError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+
+    # Derived sizes (never stored, so they cannot disagree with the fields).
+    @property
+    def q_width(self) -> int:
+        """Width of the query projection output: heads x head_dim (not hidden_size)."""
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (the GQA ratio)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def with_max_seq(self, max_seq: int) -> "Qwen3Config":
+        return replace(self, max_seq=max_seq)
+
+    def weight_bytes(self, dtype_bytes: int = 2) -> int:
+        """Bytes of one layer's weights (projections + norms)."""
+        h, i = self.hidden_size, self.intermediate_size
+        proj = h * self.q_width + 2 * h * self.kv_width + self.q_width * h + 3 * h * i
+        norms = 2 * h + 2 * self.head_dim
+        return (proj + norms) * dtype_bytes
+
+    def to_hf(self) -> dict[str, Any]:
+        """The fields of a Hugging Face ``config.json`` for this layer shape."""
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": max(self.max_seq, 4096),
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "torch_dtype": "bfloat16",
+        }
+
+    @classmethod
+    def from_hf(cls, source: str | Path | Mapping[str, Any], *, name: str | None = None, max_seq: int = 4096) -> "Qwen3Config":
+        """Read a Hugging Face Qwen3 ``config.json`` (a path to the file or its folder, or a dict)."""
+        if isinstance(source, Mapping):
+            data, origin = dict(source), "<dict>"
+        else:
+            path = Path(source)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise InputError(f"no Hugging Face config at {path}; pass a config.json or the checkpoint folder holding it")
+            data, origin = json.loads(path.read_text()), str(path)
+        required = ("hidden_size", "intermediate_size", "num_attention_heads")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise InputError(f"config {origin} lacks {', '.join(missing)}; a Qwen3 config.json needs {', '.join(required)}")
+        if data.get("hidden_act", "silu") != "silu":
+            raise InputError(f"config {origin} has hidden_act={data['hidden_act']!r}; Qwen3 layers use 'silu'")
+        if data.get("attention_bias", False):
+            raise InputError(f"config {origin} has attention_bias=true; Qwen3 projections have no bias")
+        rope_theta = data.get("rope_theta")
+        if rope_theta is None:  # transformers >= 5 nests it under rope_parameters
+            rope_theta = (data.get("rope_parameters") or {}).get("rope_theta", 1_000_000.0)
+        heads = int(data["num_attention_heads"])
+        return cls(
+            name=name or data.get("_name_or_path") or "hf-config",
+            hidden_size=int(data["hidden_size"]),
+            intermediate_size=int(data["intermediate_size"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(data.get("num_key_value_heads") or heads),
+            head_dim=int(data.get("head_dim") or data["hidden_size"] // heads),
+            rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            max_seq=max_seq,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _preset(name: str, h: int, i: int, heads: int, kv: int, head_dim: int = 128, max_seq: int = 4096) -> Qwen3Config:
+    return Qwen3Config(name, h, i, heads, kv, head_dim=head_dim, max_seq=max_seq)
+
+
+#: The public Qwen3 dense sizes (from their Hugging Face configs) and small presets for tests.
+#: Test presets keep every structural property of the real ones: GQA, head_dim separate from
+#: hidden, q width != hidden (tiny-gqa8), and the same eps/theta.
+PRESETS: dict[str, Qwen3Config] = {
+    p.name: p
+    for p in (
+        _preset("qwen3-0.6b", 1024, 3072, 16, 8),
+        _preset("qwen3-1.7b", 2048, 6144, 16, 8),
+        _preset("qwen3-4b", 2560, 9728, 32, 8),
+        _preset("qwen3-8b", 4096, 12288, 32, 8),
+        _preset("qwen3-14b", 5120, 17408, 40, 8),
+        _preset("qwen3-32b", 5120, 25600, 64, 8),
+        # test presets: small enough for pypto's interpreter in seconds
+        _preset("tiny", 256, 512, 4, 2, head_dim=64, max_seq=256),
+        _preset("tiny-mha", 128, 256, 2, 2, head_dim=64, max_seq=128),
+        _preset("tiny-gqa8", 128, 256, 8, 1, head_dim=32, max_seq=128),
+    )
+}
+
+TEST_PRESETS = ("tiny", "tiny-mha", "tiny-gqa8")
+
+
+def preset(name: str) -> Qwen3Config:
+    """Look up a preset by name (``qwen3-32b``, ``32b`` and ``Qwen3-32B`` all work)."""
+    key = name.strip().lower()
+    candidates = [key, f"qwen3-{key}"]
+    for c in candidates:
+        if c in PRESETS:
+            return PRESETS[c]
+    raise InputError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+
+
+def as_config(config: "Qwen3Config | Mapping[str, Any] | str") -> Qwen3Config:
+    """Accept a config object, a preset name, or a dict of Hugging Face config fields."""
+    if isinstance(config, Qwen3Config):
+        return config
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, Mapping):
+        own = {f.name for f in fields(Qwen3Config)}
+        if "name" in config and set(config) <= own:
+            return Qwen3Config(**config)
+        return Qwen3Config.from_hf(config, max_seq=int(config.get("max_seq", 4096)))
+    raise InputError(f"config must be a Qwen3Config, a preset name or a dict of HF fields, got {type(config).__name__}")

@@ -1,0 +1,233 @@
+"""Tiling plans and their validation against a platform's budgets and buffers.
+
+A :class:`TilingPlan` is frozen and hashable (it keys compile caches). It checks only its local
+invariants itself; everything that depends on the model shape or the platform is checked by
+:func:`check_plan`, which raises a :class:`TilingError` naming the tile, its bytes and the
+budget, and says where the plan came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Iterable, Mapping
+
+from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.platform import PHASES, Phase, Platform
+from qwenlayers.errors import TilingError
+
+FP32, BF16 = 4, 2
+
+#: The tunable fields, in the order the CLI shows them, with what each one tiles.
+TILE_FIELDS: dict[str, str] = {
+    "tok_tile": "tokens (prefill) or batch rows (decode) per tile",
+    "k_chunk": "hidden (reduction) columns per projection step",
+    "q_out_chunk": "query-projection output columns per step",
+    "kv_out_chunk": "key/value-projection output columns per step",
+    "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
+    "q_head_batch": "query heads of one KV group per attention tile",
+    "seq_tile": "KV-cache rows per attention block",
+}
+
+
+@dataclass(frozen=True)
+class TilingPlan:
+    """Tile sizes of one layer build. ``origin`` records where each value came from
+    (``default`` from the platform plugin, ``tuned`` from the autotuner cache, ``user``)."""
+
+    phase: Phase
+    tok_tile: int
+    k_chunk: int
+    q_out_chunk: int
+    kv_out_chunk: int
+    mlp_out_chunk: int
+    q_head_batch: int
+    seq_tile: int
+    source: str = "default"
+    origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise TilingError(f"TilingPlan.phase={self.phase!r}; allowed: {', '.join(PHASES)}")
+        for name in TILE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise TilingError(f"tile {name}={value!r} ({self.source}); every tile size must be a positive int")
+
+    def values(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in TILE_FIELDS}
+
+    def origin_of(self, name: str) -> str:
+        return dict(self.origin).get(name, self.source)
+
+    def with_overrides(self, overrides: Mapping[str, int], source: str = "user") -> "TilingPlan":
+        """A copy with some values replaced; unknown keys are an error listing the known ones."""
+        if not overrides:
+            return self
+        norm = {k.lower(): v for k, v in overrides.items()}
+        unknown = sorted(set(norm) - set(TILE_FIELDS))
+        if unknown:
+            raise TilingError(f"unknown tile key(s) {', '.join(unknown)}; known: {', '.join(k.upper() for k in TILE_FIELDS)}")
+        origin = dict(self.origin) or {k: self.source for k in TILE_FIELDS}
+        origin.update({k: source for k in norm})
+        return replace(self, **norm, origin=tuple(sorted(origin.items())))
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"phase": self.phase, **self.values()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["origin"] = {k: self.origin_of(k) for k in TILE_FIELDS}
+        return d
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, int]:
+    """Parse ``KEY=VALUE`` strings (``--tile SEQ_TILE=128``)."""
+    out: dict[str, int] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise TilingError(f"--tile {item!r} is not KEY=INT; e.g. --tile SEQ_TILE=128 (keys: {', '.join(k.upper() for k in TILE_FIELDS)})")
+        out[key.strip().lower()] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile a kernel holds on chip: which buffer it lives in and how many bytes it takes."""
+
+    name: str
+    shape: tuple[int, int]
+    dtype_bytes: int
+    kind: str  # "vector" (UB, TILELET budget) or "cube" (L0A/L0B, TILE budget)
+    buffer: str  # hardware buffer name: ub, l0a, l0b, l0c
+    governs: str  # the plan field a user changes to shrink it
+
+    @property
+    def bytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype_bytes
+
+    def describe(self) -> str:
+        dt = {4: "fp32", 2: "bf16"}[self.dtype_bytes]
+        return f"{self.kind} tile '{self.name}' [{self.shape[0]} x {self.shape[1]}] {dt} = {self.bytes} B"
+
+
+def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
+    """The on-chip tiles a layer build with this plan holds (cf. pypto-lib reference 000's table)."""
+    p, d = plan, config.head_dim
+    return [
+        Tile("hidden chunk", (p.tok_tile, p.k_chunk), FP32, "vector", "ub", "k_chunk"),
+        Tile("q_proj acc", (p.tok_tile, p.q_out_chunk), FP32, "vector", "ub", "q_out_chunk"),
+        Tile("kv_proj acc", (p.tok_tile, p.kv_out_chunk), FP32, "vector", "ub", "kv_out_chunk"),
+        Tile("mlp acc", (p.tok_tile, p.mlp_out_chunk), FP32, "vector", "ub", "mlp_out_chunk"),
+        Tile("attn acc", (p.q_head_batch, d), FP32, "vector", "ub", "q_head_batch"),
+        Tile("attn scores", (p.q_head_batch, p.seq_tile), FP32, "vector", "ub", "seq_tile"),
+        Tile("q_proj weight", (p.k_chunk, p.q_out_chunk), BF16, "cube", "l0b", "q_out_chunk"),
+        Tile("kv_proj weight", (p.k_chunk, p.kv_out_chunk), BF16, "cube", "l0b", "kv_out_chunk"),
+        Tile("gate/up weight", (p.k_chunk, p.mlp_out_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
+        Tile("down weight", (p.mlp_out_chunk, p.k_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
+        Tile("kv block", (p.seq_tile, d), BF16, "cube", "l0b", "seq_tile"),
+        Tile("activation chunk", (p.tok_tile, p.k_chunk), BF16, "cube", "l0a", "tok_tile"),
+    ]
+
+
+@dataclass(frozen=True)
+class TileCheck:
+    tile: Tile
+    budget: int
+    budget_name: str
+
+    @property
+    def ok(self) -> bool:
+        return self.tile.bytes <= self.budget
+
+
+def tile_checks(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> list[TileCheck]:
+    """Each tile against its budget (TILELET for vector, TILE for cube)."""
+    b = platform.budgets
+    return [
+        TileCheck(t, b.tilelet_bytes if t.kind == "vector" else b.tile_bytes, "TILELET" if t.kind == "vector" else "TILE")
+        for t in plan_tiles(plan, config)
+    ]
+
+
+def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int, int, str]]:
+    """(field, value, dimension, dimension name) pairs where value must divide dimension."""
+    return [
+        ("k_chunk", plan.k_chunk, config.hidden_size, "hidden_size"),
+        ("q_out_chunk", plan.q_out_chunk, config.q_width, "heads x head_dim"),
+        ("kv_out_chunk", plan.kv_out_chunk, config.kv_width, "kv_heads x head_dim"),
+        ("mlp_out_chunk", plan.mlp_out_chunk, config.intermediate_size, "intermediate_size"),
+        ("q_head_batch", plan.q_head_batch, config.group_size, "query heads per KV group"),
+    ]
+
+
+def _largest_fitting(name: str, plan: TilingPlan, config: Qwen3Config, platform: Platform) -> int:
+    """The largest value of ``name`` (a power of two) that passes every check, for the hint."""
+    value = getattr(plan, name)
+    while value > 1:
+        value //= 2
+        try:
+            check_plan(replace(plan, **{name: value}), config, platform, _hint=False)
+            return value
+        except TilingError:
+            continue
+    return 0
+
+
+def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hint: bool = True) -> None:
+    """Raise TilingError for the first rule the plan breaks on this platform and model."""
+    where = f"on platform {platform.name} for {config.name} {plan.phase} (plan from {plan.source})"
+    for name, value, dim, dim_name in _divisibility(plan, config):
+        if dim % value:
+            raise TilingError(f"{name}={value} does not divide {dim_name}={dim} {where}; use a divisor of {dim}")
+    align = platform.budgets.align_bytes
+    for t in plan_tiles(plan, config):
+        row = t.shape[1] * t.dtype_bytes
+        if row % align:
+            raise TilingError(
+                f"{t.describe()} has rows of {row} B, not a multiple of the {align} B alignment {where}; "
+                f"change {t.governs.upper()} so its rows are {align} B aligned"
+            )
+    for c in tile_checks(plan, config, platform):
+        if not c.ok:
+            hint = ""
+            if _hint:
+                best = _largest_fitting(c.tile.governs, plan, config, platform)
+                hint = f"; use {c.tile.governs.upper()} <= {best}" if best else ""
+            raise TilingError(f"{c.tile.describe()} exceeds the {c.budget_name} budget of {c.budget} B {where}{hint}")
+    buffers = platform.buffers
+    for t in plan_tiles(plan, config):
+        cap = getattr(buffers, t.buffer)
+        if t.bytes > cap:
+            raise TilingError(f"{t.describe()} exceeds the {t.buffer.upper()} buffer of {cap} B {where}")
+    if plan.seq_tile > config.max_seq:
+        raise TilingError(f"seq_tile={plan.seq_tile} exceeds max_seq={config.max_seq} {where}; use seq_tile <= max_seq")
+
+
+def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, phase: Phase) -> TilingPlan:
+    """Fit an anchor plan (tuned on one model size) to another model: every value is halved until
+    it divides its dimension and all its tiles fit the platform budgets. Plugins call this so the
+    per-preset defaults follow one rule instead of a hand-kept table."""
+    plan = replace(anchor, phase=phase, source=anchor.source)
+    for name in TILE_FIELDS:
+        value = getattr(plan, name)
+        for _ in range(32):
+            candidate = replace(plan, **{name: value})
+            dims = [dim for f, _, dim, _ in _divisibility(candidate, config) if f == name]
+            fits = all(dim % value == 0 for dim in dims)
+            if fits:
+                own = [c for c in tile_checks(candidate, config, platform) if c.tile.governs == name]
+                fits = all(c.ok for c in own) and (name != "seq_tile" or value <= config.max_seq)
+            if fits or value == 1:
+                break
+            value //= 2
+        plan = replace(plan, **{name: value})
+    check_plan(plan, config, platform)
+    return plan
+
+
+def plan_fields() -> list[str]:
+    return [f.name for f in fields(TilingPlan)]

@@ -1,0 +1,184 @@
+"""One Qwen3 decoder layer's weights, under their Hugging Face names.
+
+Names are relative to the layer (``self_attn.q_proj.weight``); a checkpoint stores them as
+``model.layers.{i}.<name>``. Shapes follow ``torch.nn.Linear`` ([out, in]); kernels that want
+other layouts (transposed, K|V or gate|up fused) derive them once, at load, never here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from qwenlayers.core.config import Qwen3Config
+from qwenlayers.errors import InputError
+
+LAYER_PREFIX = "model.layers.{layer}."
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def expected_shapes(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    """HF-relative weight names of one layer and their shapes."""
+    h, i, d = config.hidden_size, config.intermediate_size, config.head_dim
+    return {
+        "input_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (config.q_width, h),
+        "self_attn.k_proj.weight": (config.kv_width, h),
+        "self_attn.v_proj.weight": (config.kv_width, h),
+        "self_attn.o_proj.weight": (h, config.q_width),
+        "self_attn.q_norm.weight": (d,),
+        "self_attn.k_norm.weight": (d,),
+        "post_attention_layernorm.weight": (h,),
+        "mlp.gate_proj.weight": (i, h),
+        "mlp.up_proj.weight": (i, h),
+        "mlp.down_proj.weight": (h, i),
+    }
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """The eleven tensors of one layer, checked against a config."""
+
+    config: Qwen3Config
+    tensors: Mapping[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        want = expected_shapes(self.config)
+        missing = sorted(set(want) - set(self.tensors))
+        extra = sorted(set(self.tensors) - set(want))
+        if missing or extra:
+            raise InputError(
+                f"layer weights for {self.config.name}: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+                f"expected the HF names {sorted(want)}"
+            )
+        for name, shape in want.items():
+            t = self.tensors[name]
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"weight {name} is a {type(t).__name__}, expected a torch.Tensor")
+            if tuple(t.shape) != shape:
+                raise InputError(f"weight {name} has shape {tuple(t.shape)}, expected {shape} for {self.config.name}")
+            if t.dtype not in (torch.float32, torch.bfloat16):
+                raise InputError(f"weight {name} has dtype {t.dtype}; allowed: torch.bfloat16, torch.float32")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensors["self_attn.q_proj.weight"].dtype
+
+    def to(self, dtype: torch.dtype) -> "LayerWeights":
+        return LayerWeights(self.config, {k: v.to(dtype) for k, v in self.tensors.items()})
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def coerce(cls, weights: "LayerWeights | Mapping[str, torch.Tensor]", config: Qwen3Config) -> "LayerWeights":
+        """Accept a LayerWeights or a dict keyed by HF names relative to the layer."""
+        if isinstance(weights, LayerWeights):
+            if weights.config != config:
+                # shapes decide, not the preset name: re-validate against the given config
+                return cls(config, dict(weights.tensors))
+            return weights
+        if isinstance(weights, Mapping):
+            return cls(config, dict(weights))
+        raise InputError(f"weights must be LayerWeights or a dict of HF-named tensors, got {type(weights).__name__}")
+
+    @classmethod
+    def random(cls, config: Qwen3Config, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> "LayerWeights":
+        """Seeded random weights with the scale of a trained layer (unit-ish activations)."""
+        gen = torch.Generator().manual_seed(seed)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, shape in expected_shapes(config).items():
+            if len(shape) == 1:  # norm gains near 1
+                t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            else:
+                t = torch.randn(shape, generator=gen) * shape[1] ** -0.5
+            tensors[name] = t.to(dtype)
+        return cls(config, tensors)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, layer: int, config: Qwen3Config | None = None) -> "LayerWeights":
+        """Load layer ``layer`` from a safetensors checkpoint folder (sharded with an index or not).
+
+        Only the files holding that layer are opened, and only its tensors are read.
+        """
+        from safetensors import safe_open
+
+        root = Path(path)
+        if not root.is_dir():
+            raise InputError(f"checkpoint {root} is not a folder; pass the folder holding config.json and *.safetensors")
+        if config is None:
+            config = Qwen3Config.from_hf(root)
+        prefix = LAYER_PREFIX.format(layer=layer)
+        names = {prefix + n: n for n in expected_shapes(config)}
+        index = root / INDEX_FILE
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            files: dict[str, list[str]] = {}
+            for full in names:
+                if full not in weight_map:
+                    raise InputError(f"{index} has no entry {full}; is layer {layer} in this checkpoint?")
+                files.setdefault(weight_map[full], []).append(full)
+        else:
+            single = root / SINGLE_FILE
+            if not single.is_file():
+                raise InputError(f"checkpoint {root} has neither {INDEX_FILE} nor {SINGLE_FILE}")
+            files = {SINGLE_FILE: list(names)}
+        tensors: dict[str, torch.Tensor] = {}
+        for fname, wanted in files.items():
+            with safe_open(str(root / fname), framework="pt") as f:
+                present = set(f.keys())
+                for full in wanted:
+                    if full not in present:
+                        raise InputError(f"{root / fname} lacks tensor {full} (layer {layer})")
+                    tensors[names[full]] = f.get_tensor(full)
+        return cls(config, tensors)
+
+    # ------------------------------------------------------------------ writers
+    @staticmethod
+    def write_checkpoint(
+        path: str | Path,
+        layers: Mapping[int, "LayerWeights"],
+        *,
+        shard_layers: int | None = None,
+    ) -> Path:
+        """Write a synthetic HF-style checkpoint: ``config.json`` plus safetensors files.
+
+        With ``shard_layers=n`` every n layers go to their own ``model-0000k-of-0000N.safetensors``
+        and a ``model.safetensors.index.json`` maps names to files, as large HF checkpoints do.
+        """
+        from safetensors.torch import save_file
+
+        if not layers:
+            raise InputError("write_checkpoint needs at least one layer")
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        configs = {w.config for w in layers.values()}
+        if len(configs) != 1:
+            raise InputError("all layers of one checkpoint must share one config")
+        config = configs.pop()
+        hf = config.to_hf()
+        hf["num_hidden_layers"] = max(layers) + 1
+        (root / "config.json").write_text(json.dumps(hf, indent=2))
+        ordered = sorted(layers)
+        groups = [ordered] if not shard_layers else [ordered[i : i + shard_layers] for i in range(0, len(ordered), shard_layers)]
+        weight_map: dict[str, str] = {}
+        for k, group in enumerate(groups, start=1):
+            fname = SINGLE_FILE if len(groups) == 1 and not shard_layers else f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+            blob = {
+                LAYER_PREFIX.format(layer=i) + name: t.contiguous() for i in group for name, t in layers[i].tensors.items()
+            }
+            save_file(blob, str(root / fname), metadata={"format": "pt"})
+            weight_map.update({name: fname for name in blob})
+        if shard_layers:
+            total = sum(t.numel() * t.element_size() for w in layers.values() for t in w.tensors.values())
+            (root / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        return root

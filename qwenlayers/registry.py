@@ -1,0 +1,292 @@
+"""Platform plugin discovery, isolation and selection.
+
+Discovery iterates the ``qwenlayers.platforms`` entry points itself instead of calling pluggy's
+``load_setuptools_entrypoints``: each entry point is loaded in isolation, so one broken plugin
+becomes a visible ``broken`` record (distribution, version, error) while the others stay usable.
+Nothing is scanned at ``import qwenlayers``; the default registry is built on first use.
+
+Switches (as pytest's ``-p no:`` and llm's ``LLM_LOAD_PLUGINS``):
+
+* ``QWENLAYERS_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or distribution name;
+* ``QWENLAYERS_LOAD_PLUGINS=a,b`` loads only those (empty string: none).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from qwenlayers.core import hookspecs
+from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.platform import PHASES, Phase, Platform
+from qwenlayers.core.tiling import TilingPlan, check_plan
+from qwenlayers.core.workarounds import WorkaroundSet
+from qwenlayers.errors import (
+    DuplicatePlatformError,
+    InputError,
+    PlatformUnavailableError,
+    PluginLoadError,
+    TilingError,
+    UnknownPlatformError,
+)
+
+ENTRY_POINT_GROUP = "qwenlayers.platforms"
+ENV_PLATFORM = "QWENLAYERS_PLATFORM"
+ENV_DISABLE = "QWENLAYERS_DISABLE_PLUGINS"
+ENV_LOAD = "QWENLAYERS_LOAD_PLUGINS"
+DEFAULT_PLATFORM = "a5sim"
+
+
+@dataclass
+class PluginRecord:
+    """What the registry knows about one plugin, loaded or not."""
+
+    name: str  # entry-point name (= platform name)
+    dist: str  # distribution that provides it
+    version: str
+    target: str  # "module:attr" of the entry point
+    status: str = "ok"  # ok | broken | disabled | duplicate
+    platform: Platform | None = None
+    plugin: Any = None
+    error: str = ""
+    cause: BaseException | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.dist} {self.version}".strip()
+
+
+def _csv_env(name: str) -> set[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class PlatformRegistry:
+    """Loads platform plugins lazily and answers per-platform hook calls."""
+
+    def __init__(self, *, group: str = ENTRY_POINT_GROUP, entry_points: Callable[[], Iterable[Any]] | None = None) -> None:
+        self.group = group
+        self._entry_points = entry_points or (lambda: metadata.entry_points(group=self.group))
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._records: dict[str, list[PluginRecord]] = {}
+        self._loaded = False
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> "PlatformRegistry":
+        if self._loaded:
+            return self
+        self._loaded = True
+        disabled = _csv_env(ENV_DISABLE) or set()
+        allowed = _csv_env(ENV_LOAD)
+        for ep in sorted(self._entry_points(), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"
+            version = dist.version if dist is not None else ""
+            record = PluginRecord(ep.name, dist_name, version, ep.value)
+            if ep.name in disabled or dist_name in disabled or (allowed is not None and ep.name not in allowed and dist_name not in allowed):
+                record.status = "disabled"
+                record.error = f"disabled by {ENV_DISABLE if allowed is None else ENV_LOAD}"
+                self._add(record)
+                continue
+            try:
+                plugin = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - any import failure must stay contained
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                self._broken(record, f"import of {ep.value} failed: {type(exc).__name__}: {exc}", exc)
+                continue
+            self._register(record, plugin)
+        return self
+
+    def register(self, plugin: Any, *, name: str | None = None, dist: str = "<in-process>", version: str = "") -> PluginRecord:
+        """Register a plugin object in process (tests, notebooks, override plugins).
+
+        A plugin whose ``qwenlayers_platform`` returns None (or that has none) is an override
+        plugin: it takes part in every platform's hook calls.
+        """
+        self.load()
+        record = PluginRecord(name or getattr(plugin, "__name__", repr(plugin)), dist, version, repr(plugin))
+        self._register(record, plugin)
+        return record
+
+    def unregister(self, name: str) -> None:
+        for record in self._records.pop(name, []):
+            if record.plugin is not None and self.pm.is_registered(record.plugin):
+                self.pm.unregister(record.plugin)
+        for records in self._records.values():  # a duplicate may become unique again
+            ok = [r for r in records if r.status in ("ok", "duplicate")]
+            if len(ok) == 1:
+                ok[0].status, ok[0].error = "ok", ""
+
+    def _register(self, record: PluginRecord, plugin: Any) -> None:
+        try:
+            self.pm.register(plugin, name=f"{record.dist}:{record.name}:{id(plugin)}")
+            self.pm.check_pending()
+            described = getattr(plugin, "qwenlayers_platform", None)
+            platform = described() if callable(described) else None
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._broken(record, f"{type(exc).__name__}: {exc}", exc)
+            return
+        record.plugin = plugin
+        if platform is None:
+            record.status = "override"
+            self._add(record)
+            return
+        if not isinstance(platform, Platform):
+            self.pm.unregister(plugin)
+            self._broken(record, f"qwenlayers_platform() returned {type(platform).__name__}, expected a Platform", None)
+            return
+        if record.dist != "<in-process>" and platform.name != record.name:
+            self.pm.unregister(plugin)
+            self._broken(record, f"entry point is named {record.name!r} but the plugin describes platform {platform.name!r}", None)
+            return
+        record.name = platform.name
+        record.platform = platform
+        self._add(record)
+
+    def _broken(self, record: PluginRecord, message: str, exc: BaseException | None) -> None:
+        record.status = "broken"
+        record.error = message
+        record.cause = exc
+        if exc is not None:
+            record.error += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        self._add(record)
+
+    def _add(self, record: PluginRecord) -> None:
+        same = self._records.setdefault(record.name, [])
+        same.append(record)
+        live = [r for r in same if r.status in ("ok", "duplicate")]
+        if len(live) > 1:
+            for r in live:
+                r.status = "duplicate"
+                r.error = "platform {!r} is also provided by {}".format(
+                    record.name, ", ".join(o.label for o in live if o is not r)
+                )
+
+    # ------------------------------------------------------------------ queries
+    def records(self) -> list[PluginRecord]:
+        self.load()
+        return [r for name in sorted(self._records) for r in self._records[name]]
+
+    def names(self) -> list[str]:
+        """Names of the platforms that loaded cleanly."""
+        return [r.name for r in self.records() if r.status == "ok"]
+
+    def record(self, name: str) -> PluginRecord:
+        self.load()
+        records = self._records.get(name, [])
+        live = [r for r in records if r.status in ("ok", "duplicate")]
+        if len(live) > 1:
+            labels = " and by ".join(r.label for r in live)
+            raise DuplicatePlatformError(
+                f"platform {name!r} is provided by {labels}; uninstall one or block it with "
+                f"{ENV_DISABLE}={live[-1].dist}"
+            )
+        if live:
+            return live[0]
+        broken = [r for r in records if r.status == "broken"]
+        if broken:
+            r = broken[0]
+            raise PluginLoadError(
+                f"error loading platform plugin {name!r} from {r.label}: {r.error.splitlines()[0]}"
+            ) from r.cause
+        known = self._describe_installed()
+        disabled = [r for r in records if r.status == "disabled"]
+        if disabled:
+            raise UnknownPlatformError(f"platform {name!r} is {disabled[0].error}. Installed: {known}")
+        raise UnknownPlatformError(
+            f"unknown platform {name!r}. Installed: {known}. Install one with `pip install 'qwenlayers[{name}]'` "
+            "if such a plugin exists, or see `qwenlayers platforms`."
+        )
+
+    def _describe_installed(self) -> str:
+        parts = []
+        for r in self.records():
+            if r.status == "ok":
+                parts.append(r.name)
+            elif r.status in ("broken", "duplicate", "disabled"):
+                parts.append(f"{r.name} ({r.status}, see `qwenlayers platforms`)")
+        return ", ".join(parts) or "none"
+
+    def get(self, name: str) -> Platform:
+        record = self.record(name)
+        assert record.platform is not None
+        return record.platform
+
+    def select(self, explicit: str | None = None, *, require_available: bool = False) -> Platform:
+        """Resolve the platform: explicit argument > $QWENLAYERS_PLATFORM > 'a5sim'."""
+        name = explicit or os.environ.get(ENV_PLATFORM) or DEFAULT_PLATFORM
+        platform = self.get(name.strip())
+        if require_available:
+            availability = platform.available()
+            if not availability.ok:
+                raise PlatformUnavailableError(
+                    f"platform {platform.name} is installed but not usable here: {availability.reason}. "
+                    f"Usable here: {', '.join(n for n in self.names() if self.get(n).available().ok) or 'none'}"
+                )
+        return platform
+
+    # ------------------------------------------------------------------ per-platform hooks
+    def _caller(self, hook: str, platform: Platform):
+        others = [
+            r.plugin
+            for rs in self._records.values()
+            for r in rs
+            if r.plugin is not None and r.platform is not None and r.name != platform.name
+        ]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
+    def hooks_of(self, name: str) -> list[str]:
+        record = self.record(name)
+        return sorted(h.name for h in (self.pm.get_hookcallers(record.plugin) or []))
+
+    def tiling_defaults(self, platform: Platform, config: Qwen3Config, phase: Phase) -> TilingPlan:
+        """The plugin's default plan, validated against the platform before it is returned."""
+        if phase not in PHASES:
+            raise InputError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
+        plan = self._caller("qwenlayers_tiling_defaults", platform)(platform=platform, config=config, phase=phase)
+        if plan is None:
+            raise TilingError(f"no plugin gives a tiling for {config.name} {phase} on {platform.name}; pass plan= explicitly")
+        try:
+            check_plan(plan, config, platform)
+        except TilingError as exc:
+            raise TilingError(f"default plan of {self.record(platform.name).label}: {exc}") from exc
+        return plan
+
+    def workarounds(self, platform: Platform) -> WorkaroundSet:
+        results = self._caller("qwenlayers_workarounds", platform)(platform=platform)
+        return WorkaroundSet(w for batch in results for w in (batch or []))
+
+    def prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:
+        env = self._caller("qwenlayers_prepare_runtime", platform)(platform=platform, workdir=workdir)
+        return dict(env or {})
+
+
+_default: PlatformRegistry | None = None
+
+
+def get_registry() -> PlatformRegistry:
+    """The process-wide registry, built on first use."""
+    global _default
+    if _default is None:
+        _default = PlatformRegistry().load()
+    return _default
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests; after installing a plugin at run time)."""
+    global _default
+    _default = None

@@ -1,0 +1,48 @@
+"""Entry of the worker process: ``python -m qwenlayers.runtime.worker_main JOB RESULT``.
+
+Runs with the environment the platform plugin prepared; this is the only place pypto is
+imported. Results (or the error with its traceback) go to RESULT as a torch file.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(job_path: str, result_path: str) -> int:
+    import torch
+
+    payload = torch.load(job_path, weights_only=False)
+    started = time.perf_counter()
+    try:
+        import pypto
+
+        from qwenlayers.runtime import sim
+        from qwenlayers.runtime.jobs import JOBS, JobContext
+        from qwenlayers.runtime.pypto_workarounds import SIM_VERIFY_REAL_INPUTS
+
+        sim.install_phase_timers()
+        if SIM_VERIFY_REAL_INPUTS.key in payload.get("workarounds", ()):
+            sim.install_real_input_verify()
+        ctx = JobContext(payload["platform"], Path(payload["log_path"]), payload.get("verify_passes", False))
+        outputs = JOBS[payload["job"]](ctx, payload["inputs"])
+        run = sim.last_run_dir()
+        report = sim.sim_report(run) if payload["platform"]["run_mode"] == "sim" else {}
+        report["verification"] = sim.verify_verdicts(run)
+        report["npuarch"] = str(pypto.platform.npuarch).split(".")[-1]
+        report.update({k: round(v, 3) for k, v in sim.PHASE_TIMES.items()})
+        report["worker_s"] = round(time.perf_counter() - started, 3)
+        report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        torch.save({"outputs": outputs, "report": report}, result_path)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        torch.save({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, result_path)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -179,16 +179,21 @@ def _largest_fitting(name: str, plan: TilingPlan, config: Qwen3Config, platform:
 
 def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hint: bool = True) -> None:
     """Raise TilingError for the first rule the plan breaks on this platform and model."""
-    where = f"on platform {platform.name} for {config.name} {plan.phase} (plan from {plan.source})"
+    where = f"on platform {platform.name} for {config.name} {plan.phase}"
+
+    def src(name: str) -> str:
+        origin = plan.origin_of(name)
+        return f"({name.upper()} from {'user override' if origin == 'user' else origin})"
+
     for name, value, dim, dim_name in _divisibility(plan, config):
         if dim % value:
-            raise TilingError(f"{name}={value} does not divide {dim_name}={dim} {where}; use a divisor of {dim}")
+            raise TilingError(f"{name}={value} does not divide {dim_name}={dim} {where} {src(name)}; use a divisor of {dim}")
     align = platform.budgets.align_bytes
     for t in plan_tiles(plan, config):
         row = t.shape[1] * t.dtype_bytes
         if row % align:
             raise TilingError(
-                f"{t.describe()} has rows of {row} B, not a multiple of the {align} B alignment {where}; "
+                f"{t.describe()} has rows of {row} B, not a multiple of the {align} B alignment {where} {src(t.governs)}; "
                 f"change {t.governs.upper()} so its rows are {align} B aligned"
             )
     for c in tile_checks(plan, config, platform):
@@ -197,14 +202,14 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
             if _hint:
                 best = _largest_fitting(c.tile.governs, plan, config, platform)
                 hint = f"; use {c.tile.governs.upper()} <= {best}" if best else ""
-            raise TilingError(f"{c.tile.describe()} exceeds the {c.budget_name} budget of {c.budget} B {where}{hint}")
+            raise TilingError(f"{c.tile.describe()} exceeds the {c.budget_name} budget of {c.budget} B {where} {src(c.tile.governs)}{hint}")
     buffers = platform.buffers
     for t in plan_tiles(plan, config):
         cap = getattr(buffers, t.buffer)
         if t.bytes > cap:
-            raise TilingError(f"{t.describe()} exceeds the {t.buffer.upper()} buffer of {cap} B {where}")
+            raise TilingError(f"{t.describe()} exceeds the {t.buffer.upper()} buffer of {cap} B {where} {src(t.governs)}")
     if plan.seq_tile > config.max_seq:
-        raise TilingError(f"seq_tile={plan.seq_tile} exceeds max_seq={config.max_seq} {where}; use seq_tile <= max_seq")
+        raise TilingError(f"seq_tile={plan.seq_tile} exceeds max_seq={config.max_seq} {where} {src('seq_tile')}; use seq_tile <= max_seq")
 
 
 def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, phase: Phase) -> TilingPlan:

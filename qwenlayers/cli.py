@@ -1,0 +1,238 @@
+"""The ``qwenlayers`` command line: platforms, plan, smoke.
+
+Every qwenlayers error is printed as one clear message and mapped to an exit code:
+2 bad input or tiling, 3 platform problem (unknown, broken, unavailable), 4 kernel failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qwenlayers import __version__
+from qwenlayers.errors import QwenlayersError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Qwen3 layers as PyPTO kernels for Ascend NPUs.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: QwenlayersError) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(f"{type(exc).__name__}: {exc}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        from qwenlayers.registry import get_registry
+
+        out.print(f"qwenlayers {__version__} at {__file__.rsplit('/', 2)[0]}")
+        for r in get_registry().records():
+            out.print(f"  {r.dist} {r.version}: platform {r.name} ({r.status})")
+        try:
+            out.print(f"  pypto {metadata.version('pypto')}")
+        except metadata.PackageNotFoundError:
+            out.print("  pypto not installed")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show versions of qwenlayers, plugins, pypto."),
+) -> None:
+    """Build, run and check the Qwen3 decoder layer on Ascend targets (real or simulated)."""
+
+
+def _platform_rows(details: bool) -> list[dict[str, Any]]:
+    from qwenlayers.registry import get_registry
+
+    reg = get_registry()
+    rows = []
+    for r in reg.records():
+        row: dict[str, Any] = {"name": r.name, "distribution": r.dist, "version": r.version, "status": r.status}
+        p = r.platform
+        if p is not None:
+            a = p.available()
+            row.update(
+                arch=p.arch, backend=p.backend, run_mode=p.run_mode,
+                tilelet_bytes=p.budgets.tilelet_bytes, tile_bytes=p.budgets.tile_bytes,
+                buffers={"ub": p.buffers.ub, "l0a": p.buffers.l0a, "l0b": p.buffers.l0b, "l0c": p.buffers.l0c, "l1": p.buffers.l1},
+                cores={"cube": p.cores.cube, "vector": p.cores.vector},
+                hbm_bandwidth=str(p.hbm_bandwidth), bf16_peak=str(p.bf16_peak),
+                usable=a.ok, reason=a.reason,
+            )
+            if details:
+                row["sources"] = {"buffers": p.buffers.source, "hbm_bandwidth": p.hbm_bandwidth.source, "bf16_peak": p.bf16_peak.source}
+                row["hooks"] = reg.hooks_of(r.name) if r.status == "ok" else []
+                if r.status == "ok":
+                    row["workarounds"] = [
+                        {"key": w.key, "summary": w.summary, "why": w.why, "remove_when": w.remove_when} for w in reg.workarounds(p)
+                    ]
+        else:
+            row.update(usable=False, reason=r.error.splitlines()[0] if r.error else r.status)
+        if r.status not in ("ok", "override"):
+            row["usable"] = False
+            row["reason"] = r.error.splitlines()[0]
+        rows.append(row)
+    return rows
+
+
+@app.command()
+def platforms(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    details: bool = typer.Option(False, "--details", help="Also show sources of every figure, hooks and workarounds."),
+) -> None:
+    """List installed target platforms and whether each is usable on this machine."""
+    try:
+        rows = _platform_rows(details)
+    except QwenlayersError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="qwenlayers platforms", show_lines=False)
+    for col in ("name", "distribution", "arch", "mode", "TILELET/TILE B", "UB/L0A/L0B/L0C/L1 KB", "usable"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        usable = "[green]yes[/]" if r.get("usable") else "[red]no[/]"
+        budgets = f"{r['tilelet_bytes']}/{r['tile_bytes']}" if "tilelet_bytes" in r else "-"
+        buf = "/".join(str(v // 1024) for v in r["buffers"].values()) if "buffers" in r else "-"
+        table.add_row(r["name"], f"{r['distribution']} {r['version']}", r.get("arch", "-"), r.get("run_mode", r["status"]),
+                      budgets, buf, usable)
+    out.print(table)
+    for r in rows:
+        out.print(f"  [bold]{r['name']}[/]: ", end="")
+        out.print(r.get("reason", ""), markup=False, highlight=False)
+    if details:
+        for r in rows:
+            if r.get("workarounds") or r.get("sources"):
+                out.print(f"\n[bold]{r['name']}[/] hooks: {', '.join(r.get('hooks', []))}")
+                for k, v in (r.get("sources") or {}).items():
+                    out.print(f"  {k}: {v}")
+                for w in r.get("workarounds", []):
+                    out.print(f"  workaround [cyan]{w['key']}[/]: {w['summary']}\n    why: {w['why']}\n    remove when: {w['remove_when']}")
+
+
+@app.command()
+def plan(
+    model: str = typer.Option(..., "--model", "-m", help="Preset (qwen3-0.6b … qwen3-32b, tiny) or a HF config.json path."),
+    phase: str = typer.Option(..., "--phase", help="decode or prefill."),
+    platform: Optional[str] = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    tile: list[str] = typer.Option([], "--tile", help="Override a tile size, KEY=VALUE (repeatable), e.g. SEQ_TILE=128."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the tiling plan for a model and phase, each tile's bytes against its budget."""
+    from pathlib import Path
+
+    from qwenlayers.api import plan as make_plan
+    from qwenlayers.core.config import Qwen3Config, preset
+    from qwenlayers.core.tiling import TILE_FIELDS, parse_overrides, tile_checks
+    from qwenlayers.errors import InputError
+    from qwenlayers.registry import get_registry
+
+    try:
+        if phase not in ("decode", "prefill"):
+            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
+        cfg = Qwen3Config.from_hf(model) if Path(model).exists() else preset(model)
+        target = get_registry().select(platform)
+        result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile))  # type: ignore[arg-type]
+    except QwenlayersError as exc:
+        _fail(exc)
+    checks = tile_checks(result, cfg, target)
+    if as_json:
+        print(json.dumps({"platform": target.name, "model": cfg.name, "plan": result.as_dict(), "tiles": [
+            {"name": c.tile.name, "shape": c.tile.shape, "bytes": c.tile.bytes, "kind": c.tile.kind,
+             "budget": c.budget, "budget_name": c.budget_name, "ok": c.ok} for c in checks]}, indent=2))
+        return
+    values = Table(title=f"{cfg.name} {phase} plan on {target.name}")
+    values.add_column("key")
+    values.add_column("value", justify="right")
+    values.add_column("from")
+    values.add_column("tiles")
+    for name, what in TILE_FIELDS.items():
+        values.add_row(name.upper(), str(getattr(result, name)), result.origin_of(name), what)
+    out.print(values)
+    tiles = Table(title="tiles against budgets")
+    for col in ("tile", "shape", "dtype", "bytes", "budget", "use"):
+        tiles.add_column(col, justify="right" if col in ("bytes", "budget", "use") else "left")
+    for c in checks:
+        use = c.tile.bytes / c.budget
+        colour = "green" if use <= 1 else "red"
+        tiles.add_row(c.tile.name, f"{c.tile.shape[0]} x {c.tile.shape[1]}", "fp32" if c.tile.dtype_bytes == 4 else "bf16",
+                      str(c.tile.bytes), f"{c.budget_name} {c.budget}", f"[{colour}]{use:.0%}[/]")
+    out.print(tiles)
+
+
+def _report_table(title: str, report: dict[str, Any], extra: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows: dict[str, Any] = dict(extra)
+    rows.update({
+        "compiled for arch (pypto npuarch)": report.get("npuarch"),
+        "cost-model deviceArch": report.get("cost_model_arch"),
+        "simulated AICore time": f"{report['sim_us']:.2f} µs" if report.get("sim_us") is not None else "-",
+        "AICore cycles (span)": report.get("aicore_cycles"),
+        "total cycles": report.get("total_cycles"),
+        "tasks AIC / AIV / HUB": " / ".join(str(report.get("tasks", {}).get(k, 0)) for k in ("AIC", "AIV", "HUB")),
+        "lanes AIC / AIV": " / ".join(str(report.get("lanes", {}).get(k, 0)) for k in ("AIC", "AIV")),
+        "pipe usage %": ", ".join(f"{k} {v:g}" for k, v in report.get("pipe_usage_pct", {}).items()),
+        "compile wall": f"{report.get('compile_s', 0):.2f} s",
+        "simulate wall": f"{report.get('simulate_s', 0):.2f} s",
+        "peak worker RSS": f"{report.get('peak_rss_mb', 0)} MB",
+    })
+    passes = report.get("verification", {}).get("passes", {})
+    if passes:
+        rows["pass verification"] = ", ".join(f"{k.split('_', 2)[-1]} {v.get('PASS', 0)}/{v.get('PASS', 0) + v.get('FAILED', 0)}" for k, v in passes.items())
+    if report.get("trace"):
+        rows["Perfetto trace"] = report["trace"]
+    for k, v in rows.items():
+        table.add_row(k, str(v))
+    return table
+
+
+@app.command()
+def smoke(
+    platform: Optional[str] = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compile and run an RMSNorm kernel on the platform and check it against the golden."""
+    from qwenlayers.api import smoke as run_smoke
+
+    try:
+        with err.status(f"compiling and running the RMSNorm smoke kernel on {platform or 'the default platform'} …"):
+            result = run_smoke(platform, keep=keep)
+    except QwenlayersError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"platform": result.platform, "ok": result.ok, "max_abs_err": result.max_abs_err,
+                          "exact": result.exact, "wall_s": result.wall_s, "report": result.report}, indent=2, default=str))
+    else:
+        verdict = "[green]PASS[/]" if result.ok else "[red]FAIL[/]"
+        out.print(_report_table(f"smoke on {result.platform}: {verdict}", result.report, {
+            "max |out - golden|": f"{result.max_abs_err:.3g}" + (" (bit-exact)" if result.exact else ""),
+            "worker wall": f"{result.wall_s:.2f} s",
+        }))
+    if not result.ok:
+        raise typer.Exit(4)
+
+
+def main() -> None:
+    try:
+        app()
+    except QwenlayersError as exc:  # anything a command did not catch itself
+        err.print(f"error: {type(exc).__name__}: {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

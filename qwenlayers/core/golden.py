@@ -94,7 +94,8 @@ def _layer_tokens(
     h = rms_norm(x, wt["post_attention_layernorm.weight"], config.rms_norm_eps)
     gate = F.linear(h, wt["mlp.gate_proj.weight"])
     up = F.linear(h, wt["mlp.up_proj.weight"])
-    act = (F.silu(gate.float()) * up.float()).to(dtype)
+    # silu in fp32, rounded to the activation dtype before the product (where transformers rounds)
+    act = (F.silu(gate.float()).to(dtype).float() * up.float()).to(dtype)
     return x + F.linear(act, wt["mlp.down_proj.weight"])
 
 

@@ -1,0 +1,29 @@
+"""Shared fixtures. The platform under test comes from QWENLAYERS_PLATFORM (tox sets it per env)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qwenlayers.core.platform import Platform
+from qwenlayers.registry import DEFAULT_PLATFORM, get_registry
+
+
+@pytest.fixture(scope="session")
+def platform_name() -> str:
+    return os.environ.get("QWENLAYERS_PLATFORM") or DEFAULT_PLATFORM
+
+
+@pytest.fixture(scope="session")
+def platform(platform_name: str) -> Platform:
+    return get_registry().get(platform_name)
+
+
+@pytest.fixture(scope="session")
+def runnable_platform(platform: Platform) -> Platform:
+    """The platform under test, or a skip carrying its Availability reason (no NPU here, ...)."""
+    availability = platform.available()
+    if not availability.ok:
+        pytest.skip(f"{platform.name} cannot run kernels on this machine: {availability.reason}")
+    return platform

@@ -2,7 +2,7 @@
 
 A target plugin is a distribution with one entry point in the group ``qwenlayers.platforms``;
 the module it names holds ``@qwenlayers.hookimpl`` functions. That module must import nothing
-heavy (no pypto, no torch_npu) at module level: loading it only describes the target.
+heavy (no pypto, no device runtime) at module level: loading it only describes the target.
 
 Per-platform hooks (tiling defaults, workarounds, runtime preparation) are called for the
 selected platform's plugin only, plus plugins registered without a platform (overrides), so a

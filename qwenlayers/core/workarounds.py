@@ -1,5 +1,5 @@
 """Workarounds as data: each records the observed failure, how it is avoided, and the testable
-condition under which it can go (vllm-ascend's Why/How/Future-Plan comments, made a record).
+condition under which it can go (the Why/How/Future-Plan comments of vLLM's platform patches, made a record).
 
 Builders ask for a workaround by key; asking for a key no plugin declared is an error, so a
 typo cannot silently switch a workaround off.

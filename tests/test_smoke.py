@@ -1,0 +1,48 @@
+"""A real pypto compile and simulated run on the platform under test (QWENLAYERS_PLATFORM)."""
+
+import pytest
+import torch
+
+import qwenlayers
+from qwenlayers.errors import KernelError
+from qwenlayers.runtime.paths import cache_root
+from qwenlayers.runtime.worker import run_job
+
+pytestmark = pytest.mark.sim
+
+
+def test_rmsnorm_smoke_runs_on_the_platforms_own_arch(runnable_platform):
+    result = qwenlayers.smoke(runnable_platform.name)
+    r = result.report
+    assert r["npuarch"] == runnable_platform.arch  # DAV_3510 for a5sim, DAV_2201 for a2a3sim
+    assert r["cost_model_arch"] == runnable_platform.sim_arch
+    assert r["lanes"] == {"AIC": runnable_platform.cores.cube, "AIV": runnable_platform.cores.vector}
+    assert r["sim_us"] > 0 and r["tasks"]["AIV"] > 0 and r["total_cycles"] > 0
+    assert r["compile_s"] > 0 and r["simulate_s"] > 0
+    assert result.exact and result.max_abs_err == 0.0  # filled by pypto's interpreter, bit-equal to the golden
+    passes = r["verification"]["passes"]
+    assert passes and all(v["FAILED"] == 0 and v["PASS"] >= 1 for v in passes.values())
+    assert result.ok
+    assert list(cache_root().glob("calculator/*/install/lib/libtile_fwk_calculator.so")), "calculator must be cached on disk"
+
+
+def test_kernel_output_is_not_the_input_and_inputs_survive(runnable_platform):
+    x = torch.randn(16, 256).bfloat16()
+    g = torch.ones(256).bfloat16()
+    x0 = x.clone()
+    res = run_job(runnable_platform, "rmsnorm", {"x": x, "g": g, "eps": 1e-6, "vec_tile": (16, 32)})
+    assert torch.equal(x, x0)
+    assert not torch.equal(res.outputs["out"], torch.zeros_like(x))
+    assert torch.equal(res.outputs["out"], qwenlayers.golden.rms_norm(x, g, 1e-6))
+
+
+def test_worker_failure_is_a_kernel_error_with_log_tail(runnable_platform):
+    with pytest.raises(KernelError, match=r"(?s)pypto worker for no-such-job on platform .* exited with code 1.*KeyError.*repro:"):
+        run_job(runnable_platform, "no-such-job", {})
+
+
+def test_trace_kept_only_when_asked(runnable_platform):
+    kept = qwenlayers.smoke(runnable_platform.name, keep=True, tokens=8, hidden=256)
+    assert kept.report["trace"] and kept.report["trace"].endswith(".json")
+    dropped = qwenlayers.smoke(runnable_platform.name, tokens=8, hidden=256)
+    assert dropped.report["trace"] is None and dropped.report["run_dir"] is None

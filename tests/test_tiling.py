@@ -1,0 +1,64 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwenlayers.api import plan
+from qwenlayers.core.config import PRESETS, preset
+from qwenlayers.core.tiling import TILE_FIELDS, check_plan, parse_overrides, tile_checks
+from qwenlayers.errors import TilingError
+from qwenlayers.registry import get_registry
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("model", list(PRESETS))
+def test_default_plans_fit_every_platform(model, phase):
+    reg = get_registry()
+    for name in reg.names():
+        p = reg.get(name)
+        result = reg.tiling_defaults(p, preset(model), phase)
+        assert all(c.ok for c in tile_checks(result, preset(model), p))
+
+
+def test_32b_anchor_is_reference_000():
+    p = plan("qwen3-32b", "prefill", platform="a5sim")
+    assert p.values() == {"tok_tile": 4, "k_chunk": 128, "q_out_chunk": 64, "kv_out_chunk": 64,
+                          "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64}
+
+
+def test_override_over_budget_names_tile_bytes_budget_and_origin():
+    with pytest.raises(TilingError) as info:
+        plan("qwen3-32b", "decode", platform="a5sim", overrides={"seq_tile": 256})
+    msg = str(info.value)
+    assert "'attn scores' [4 x 256] fp32 = 4096 B" in msg and "TILELET budget of 2048 B" in msg
+    assert "SEQ_TILE from user override" in msg and "use SEQ_TILE <= 64" in msg
+
+
+def test_override_divisibility_and_unknown_key():
+    with pytest.raises(TilingError, match="k_chunk=96 does not divide hidden_size=5120"):
+        plan("qwen3-32b", "prefill", platform="a5sim", overrides={"k_chunk": 96})
+    with pytest.raises(TilingError, match="unknown tile key"):
+        plan("qwen3-32b", "prefill", platform="a5sim", overrides={"warp": 4})
+    with pytest.raises(TilingError, match="not KEY=INT"):
+        parse_overrides(["SEQ_TILE"])
+
+
+def test_origin_is_recorded():
+    p = plan("tiny", "decode", platform="a5sim", overrides={"seq_tile": 32})
+    assert p.origin_of("seq_tile") == "user" and p.origin_of("k_chunk").startswith("plugin qwenlayers-a5sim")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(list(TILE_FIELDS)), st.sampled_from([1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512]), max_size=3))
+def test_any_override_passes_or_raises_tiling_error(overrides):
+    reg = get_registry()
+    platform = reg.get("a5sim")
+    cfg = preset("qwen3-14b")
+    base = reg.tiling_defaults(platform, cfg, "prefill")
+    candidate = base.with_overrides(overrides)
+    try:
+        check_plan(candidate, cfg, platform)
+    except TilingError as exc:
+        assert "B" in str(exc) or "divide" in str(exc)
+        return
+    for c in tile_checks(candidate, cfg, platform):
+        assert c.tile.bytes <= c.budget

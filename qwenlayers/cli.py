@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -125,7 +125,7 @@ def platforms(
 def plan(
     model: str = typer.Option(..., "--model", "-m", help="Preset (qwen3-0.6b … qwen3-32b, tiny) or a HF config.json path."),
     phase: str = typer.Option(..., "--phase", help="decode or prefill."),
-    platform: Optional[str] = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, KEY=VALUE (repeatable), e.g. SEQ_TILE=128."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -201,7 +201,7 @@ def _report_table(title: str, report: dict[str, Any], extra: dict[str, Any]) -> 
 
 @app.command()
 def smoke(
-    platform: Optional[str] = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:

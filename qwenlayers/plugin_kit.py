@@ -7,9 +7,10 @@ instance (``qwenlayers_a5.plugin:plugin``). pluggy registers the instance's hook
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.hookspecs import hookimpl

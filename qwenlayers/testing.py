@@ -30,7 +30,7 @@ def check_plugin(registry, name: str) -> list[str]:
     except TypeError as exc:
         problems.append(f"{name}: descriptor is not hashable ({exc})")
     try:
-        setattr(p, "name", "changed")  # a frozen dataclass refuses this
+        p.name = "changed"  # a frozen dataclass refuses this
         problems.append(f"{name}: descriptor is mutable")
     except dataclasses.FrozenInstanceError:
         pass

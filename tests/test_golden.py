@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from hf_reference import hf_sequence
+
 from qwenlayers import golden
 from qwenlayers.core.config import preset
 from qwenlayers.core.weights import LayerWeights

@@ -8,9 +8,10 @@ the kernels are built for, not a model property of the checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from qwenlayers.errors import InputError
 

@@ -6,7 +6,7 @@ message. Nothing here modifies a tensor.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

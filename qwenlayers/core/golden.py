@@ -10,7 +10,7 @@ Inputs are never modified; the cache tensors returned are new tensors.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,9 @@ calls the plugin's probe lazily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 RunMode = Literal["npu", "sim"]
 Phase = Literal["decode", "prefill"]

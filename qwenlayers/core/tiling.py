@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Iterable, Mapping
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.platform import PHASES, Phase, Platform

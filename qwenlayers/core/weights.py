@@ -8,9 +8,9 @@ other layouts (transposed, K|V or gate|up fused) derive them once, at load, neve
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 

@@ -7,8 +7,8 @@ typo cannot silently switch a workaround off.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from qwenlayers.errors import QwenlayersError
 

@@ -3,9 +3,10 @@ worker's platform, runs it, and returns the output tensors; the worker adds the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

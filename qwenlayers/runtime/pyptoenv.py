@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
 
 from qwenlayers.errors import PlatformUnavailableError
 from qwenlayers.runtime.paths import file_lock

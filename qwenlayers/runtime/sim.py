@@ -20,8 +20,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from qwenlayers.runtime.paths import cache_dir, file_lock
 

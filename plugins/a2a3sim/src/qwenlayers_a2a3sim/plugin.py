@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from qwenlayers_a2a3 import figures
+
 from qwenlayers.plugin_kit import TargetPlugin
 from qwenlayers.runtime.probes import sim_probe
 from qwenlayers.runtime.pypto_workarounds import PYPTO_020_SIM
 from qwenlayers.runtime.pyptoenv import write_cost_model_config
-from qwenlayers_a2a3 import figures
 
 
 class A2A3SimPlugin(TargetPlugin):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from qwenlayers_a5 import figures
+
 from qwenlayers.core.workarounds import Workaround
 from qwenlayers.plugin_kit import TargetPlugin
 from qwenlayers.runtime.probes import sim_probe
 from qwenlayers.runtime.pypto_workarounds import PYPTO_020_SIM
 from qwenlayers.runtime.pyptoenv import make_ini_overlay, write_cost_model_config
-from qwenlayers_a5 import figures
 
 A5_TARGET_SELECTION = Workaround(
     key="pypto-a5-target-selection",

@@ -55,6 +55,11 @@ class TilingPlan:
             if not isinstance(value, int) or value <= 0:
                 raise TilingError(f"tile {name}={value!r} ({self.source}); every tile size must be a positive int")
 
+    @classmethod
+    def per_phase(cls, source: str = "default", **values: int) -> "dict[Phase, TilingPlan]":
+        """The same tile sizes as a plan for each phase (how plugins declare their anchor)."""
+        return {phase: cls(phase=phase, source=source, **values) for phase in PHASES}
+
     def values(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TILE_FIELDS}
 

@@ -25,5 +25,5 @@ def runnable_platform(platform: Platform) -> Platform:
     """The platform under test, or a skip carrying its Availability reason (no NPU here, ...)."""
     availability = platform.available()
     if not availability.ok:
-        pytest.skip(f"{platform.name} cannot run kernels on this machine: {availability.reason}")
+        pytest.skip(f"{platform.name} cannot run kernels here (no device for it): {availability.reason}")
     return platform

@@ -19,9 +19,6 @@ from qwenlayers.core import contract
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.weights import LayerWeights
 
-ConfigLike = "Qwen3Config | Mapping[str, Any] | str"
-WeightsLike = "LayerWeights | Mapping[str, torch.Tensor]"
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x * rsqrt(mean(x^2) + eps) in fp32, cast back to x's dtype, then times weight."""
@@ -151,7 +148,3 @@ def prefill(
         out[b, :length] = _layer_tokens(cfg, w, hidden[b, :length], pos, k_cache[b], v_cache[b])
     return out, k_cache, v_cache
 
-
-def rmsnorm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The RMSNorm of the smoke kernel: rows of x [T, H] with gain [H]."""
-    return rms_norm(x, weight, eps)

@@ -76,11 +76,8 @@ def _platform_rows(details: bool) -> list[dict[str, Any]]:
                     row["workarounds"] = [
                         {"key": w.key, "summary": w.summary, "why": w.why, "remove_when": w.remove_when} for w in reg.workarounds(p)
                     ]
-        else:
+        if r.status != "ok":  # broken, disabled, duplicate, override: the record says why
             row.update(usable=False, reason=r.error.splitlines()[0] if r.error else r.status)
-        if r.status not in ("ok", "override"):
-            row["usable"] = False
-            row["reason"] = r.error.splitlines()[0]
         rows.append(row)
     return rows
 

@@ -36,7 +36,7 @@ class WorkerResult:
     report: dict[str, Any]
     wall_s: float
     kept_dir: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    workarounds: list[str] = field(default_factory=list)  # keys the worker honoured
 
 
 def platform_workdir(platform: Platform) -> Path:
@@ -94,13 +94,14 @@ def run_job(
         raise PlatformUnavailableError(f"platform {platform.name} cannot run here: {availability.reason}")
     run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job}-", dir=cache_dir("runs")))
     job_path, result_path, log_path = run_dir / "job.pt", run_dir / "result.pt", run_dir / "worker.log"
+    workarounds = registry.workarounds(platform).keys()
     payload = {
         "job": job,
         "inputs": inputs,
         "platform": {"name": platform.name, "arch": platform.arch, "run_mode": platform.run_mode, "sim_arch": platform.sim_arch},
         "log_path": str(log_path),
         "verify_passes": verify_passes,
-        "workarounds": registry.workarounds(platform).keys(),
+        "workarounds": workarounds,
     }
     torch.save(payload, job_path)
     env = worker_env(platform, run_dir, registry)
@@ -141,4 +142,4 @@ def run_job(
         kept = None
         report["run_dir"] = None
         report["trace"] = None
-    return WorkerResult(result["outputs"], report, wall, kept)
+    return WorkerResult(result["outputs"], report, wall, kept, workarounds)

@@ -55,3 +55,25 @@ def rmsnorm_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     with sim.quiet(ctx.log_path):
         kernel(x, g.reshape(1, hidden), out)
     return {"out": out}
+
+
+@job("decode")
+def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
+    [B, KVH, MAX_SEQ, D], seq_lens. Returns out [B, H] and the caches as the kernel left them."""
+    from qwenlayers.core.kernels.decode import DecodeShape, build_decode
+    from qwenlayers.runtime import sim
+
+    cfg, plan = inputs["config"], inputs["plan"]
+    x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
+    batch, kvh, max_seq, d = k_cache.shape
+    kernel = build_decode(cfg, DecodeShape(batch, max_seq), plan, jit_options=ctx.jit_options())
+    w = inputs["weights"]
+    out = torch.zeros_like(x)
+    attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
+    kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
+    args = [x, w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"], w["w_ln2"], w["w_gu"], w["w_down"],
+            inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
+    with sim.quiet(ctx.log_path):
+        kernel(*args)
+    return {"out": out, "k_cache": k_cache, "v_cache": v_cache}

@@ -33,6 +33,9 @@ _LAZY = {
     "smoke": ("qwenlayers.api", "smoke"),
     "SmokeResult": ("qwenlayers.api", "SmokeResult"),
     "plan": ("qwenlayers.api", "plan"),
+    "decode": ("qwenlayers.layer", "decode"),
+    "LayerResult": ("qwenlayers.layer", "LayerResult"),
+    "LayerReport": ("qwenlayers.layer", "LayerReport"),
     "get_registry": ("qwenlayers.registry", "get_registry"),
 }
 

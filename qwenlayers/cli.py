@@ -1,4 +1,4 @@
-"""The ``qwenlayers`` command line: platforms, plan, smoke.
+"""The ``qwenlayers`` command line: platforms, plan, smoke, run.
 
 Every qwenlayers error is printed as one clear message and mapped to an exit code:
 2 bad input or tiling, 3 platform problem (unknown, broken, unavailable), 4 kernel failure.
@@ -220,6 +220,106 @@ def smoke(
             "worker wall": f"{result.wall_s:.2f} s",
         }))
     if not result.ok:
+        raise typer.Exit(4)
+
+
+def _layer_table(title: str, report: Any) -> Table:
+    """The report table of a layer run (decode or prefill)."""
+    r = report.as_dict()
+    extra: dict[str, Any] = {
+        "model / phase": f"{r['model']} {r['phase']}",
+        "batch, seq_lens": f"{r['batch']}: {', '.join(map(str, r['seq_lens'][:8]))}{' …' if len(r['seq_lens']) > 8 else ''}",
+        "plan": ", ".join(f"{k.upper()}={v}" for k, v in r["plan"].items() if k not in ("phase", "source", "origin")),
+        "workers (batch chunks)": f"{len(r['chunks'])}; timing from the {r['timing_from']}",
+    }
+    raw = {**r, "npuarch": r["arch"]}
+    table = _report_table(title, raw, extra)
+    table.add_row("worker wall (all)", f"{r['wall_s']:.2f} s")
+    if r["max_abs_err"] is not None:
+        verdict = "[green]within[/]" if r["within_tolerance"] else "[red]outside[/]"
+        table.add_row("max |out - golden|", f"{r['max_abs_err']:.4g} ({verdict} atol=rtol=1e-2)")
+        table.add_row("max |cache - golden|", f"{r['cache_max_abs_err']:.4g}")
+    return table
+
+
+def _seq_lens(batch: int, seq_len: int | None, seq_lens: str | None, max_seq: int) -> list[int]:
+    from qwenlayers.errors import InputError
+
+    if seq_len is not None and seq_lens is not None:
+        raise InputError("give --seq-len L (every sequence) or --seq-lens a,b,c (one per sequence), not both")
+    if seq_lens is not None:
+        try:
+            return [int(v) for v in seq_lens.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--seq-lens {seq_lens!r} is not a comma-separated list of ints, e.g. --seq-lens 1,64,200") from None
+    if seq_len is not None:
+        return [seq_len] * batch
+    if batch == 1:
+        return [max_seq]
+    return [1 + round(i * (max_seq - 1) / (batch - 1)) for i in range(batch)]  # 1 .. max_seq, spread
+
+
+@app.command()
+def run(
+    phase: str = typer.Option("decode", "--phase", help="decode (one new token per sequence)."),
+    model: str = typer.Option("tiny", "--model", "-m", help="Preset name (see `qwenlayers plan --help`), or ignored with --weights."),
+    batch: int = typer.Option(4, "--batch", "-b", help="Sequences (ignored with --seq-lens)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Every sequence's length, including the new token."),
+    seq_lens: str | None = typer.Option(None, "--seq-lens", help="Per-sequence lengths, e.g. 1,64,200."),
+    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    weights: str | None = typer.Option(None, "--weights", help="Hugging Face checkpoint folder (config.json + safetensors)."),
+    layer: int = typer.Option(0, "--layer", help="Layer index to load with --weights."),
+    tile: list[str] = typer.Option([], "--tile", help="Override a tile size, e.g. --tile SEQ_TILE=32 (repeatable)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+) -> None:
+    """Run one Qwen3 layer on a platform with random inputs and show where the time goes.
+
+    With no options: a small decode (preset tiny, 4 sequences of mixed length) on the default
+    platform, checked against the golden."""
+    import torch
+
+    from qwenlayers.core.config import Qwen3Config, preset
+    from qwenlayers.core.tiling import parse_overrides
+    from qwenlayers.core.weights import LayerWeights
+    from qwenlayers.errors import InputError
+
+    try:
+        if phase not in ("decode",):
+            raise InputError(f"--phase {phase!r}; allowed: decode")
+        if weights:
+            cfg = Qwen3Config.from_hf(weights, name=f"{weights}#layer{layer}")
+            w = LayerWeights.from_checkpoint(weights, layer, cfg)
+        else:
+            cfg = preset(model)
+            w = LayerWeights.random(cfg, seed=seed)
+        lens = _seq_lens(batch, seq_len, seq_lens, cfg.max_seq)
+        overrides = parse_overrides(tile)
+        gen = torch.Generator().manual_seed(seed)
+        n = len(lens)
+        with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
+            def progress(msg: str) -> None:
+                status.update(f"{cfg.name} {phase}: {msg} …")
+
+            from qwenlayers.layer import decode
+
+            hidden = torch.randn(n, cfg.hidden_size, generator=gen).bfloat16()
+            shape = (n, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
+            k_cache = torch.randn(shape, generator=gen).bfloat16()
+            v_cache = torch.randn(shape, generator=gen).bfloat16()
+            result = decode(cfg, w, hidden, k_cache, v_cache, torch.tensor(lens, dtype=torch.int32), platform=platform,
+                            plan=overrides, check=check, keep=keep, progress=progress)
+    except QwenlayersError as exc:
+        _fail(exc)
+    rep = result.report
+    if as_json:
+        print(json.dumps(rep.as_dict(), indent=2, default=str))
+    else:
+        ok = "" if rep.within_tolerance is None else (" [green]PASS[/]" if rep.within_tolerance else " [red]FAIL[/]")
+        out.print(_layer_table(f"{phase} on {rep.platform}{ok}", rep))
+    if rep.within_tolerance is False:
         raise typer.Exit(4)
 
 

@@ -28,6 +28,8 @@ TILE_FIELDS: dict[str, str] = {
     "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
     "q_head_batch": "query heads of one KV group per attention tile",
     "seq_tile": "KV-cache rows per attention block",
+    "cube_m": "activation rows per cube (L0A) tile",
+    "k_l1": "reduction columns staged in L1 per cube step (a multiple of every L0 k tile)",
 }
 
 
@@ -44,6 +46,8 @@ class TilingPlan:
     mlp_out_chunk: int
     q_head_batch: int
     seq_tile: int
+    cube_m: int = 16
+    k_l1: int = 1024
     source: str = "default"
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -106,8 +110,8 @@ class Tile:
     name: str
     shape: tuple[int, int]
     dtype_bytes: int
-    kind: str  # "vector" (UB, TILELET budget) or "cube" (L0A/L0B, TILE budget)
-    buffer: str  # hardware buffer name: ub, l0a, l0b, l0c
+    kind: str  # "vector" (UB, TILELET budget), "cube" (L0A/L0B, TILE budget) or "staging" (L1, the buffer itself)
+    buffer: str  # hardware buffer name: ub, l0a, l0b, l0c, l1
     governs: str  # the plan field a user changes to shrink it
 
     @property
@@ -134,7 +138,9 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("gate/up weight", (p.k_chunk, p.mlp_out_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
         Tile("down weight", (p.mlp_out_chunk, p.k_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
         Tile("kv block", (p.seq_tile, d), BF16, "cube", "l0b", "seq_tile"),
-        Tile("activation chunk", (p.tok_tile, p.k_chunk), BF16, "cube", "l0a", "tok_tile"),
+        Tile("activation chunk", (p.cube_m, p.k_chunk), BF16, "cube", "l0a", "cube_m"),
+        Tile("L1 staging", (p.cube_m + max(p.q_out_chunk, p.kv_out_chunk, p.mlp_out_chunk, p.k_chunk), p.k_l1), BF16,
+             "staging", "l1", "k_l1"),
     ]
 
 
@@ -150,12 +156,10 @@ class TileCheck:
 
 
 def tile_checks(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> list[TileCheck]:
-    """Each tile against its budget (TILELET for vector, TILE for cube)."""
+    """Each tile against its budget (TILELET for vector, TILE for cube, the L1 size for staging)."""
     b = platform.budgets
-    return [
-        TileCheck(t, b.tilelet_bytes if t.kind == "vector" else b.tile_bytes, "TILELET" if t.kind == "vector" else "TILE")
-        for t in plan_tiles(plan, config)
-    ]
+    budget = {"vector": (b.tilelet_bytes, "TILELET"), "cube": (b.tile_bytes, "TILE"), "staging": (platform.buffers.l1, "L1")}
+    return [TileCheck(t, *budget[t.kind]) for t in plan_tiles(plan, config)]
 
 
 def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int, int, str]]:
@@ -213,6 +217,12 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
         cap = getattr(buffers, t.buffer)
         if t.bytes > cap:
             raise TilingError(f"{t.describe()} exceeds the {t.buffer.upper()} buffer of {cap} B {where} {src(t.governs)}")
+    for name in ("k_chunk", "q_out_chunk", "mlp_out_chunk"):
+        if plan.k_l1 % getattr(plan, name):
+            raise TilingError(
+                f"k_l1={plan.k_l1} is not a multiple of {name}={getattr(plan, name)} {where} {src('k_l1')}; "
+                "L1 stages whole L0 k tiles"
+            )
     if plan.seq_tile > config.max_seq:
         raise TilingError(f"seq_tile={plan.seq_tile} exceeds max_seq={config.max_seq} {where} {src('seq_tile')}; use seq_tile <= max_seq")
 

@@ -76,13 +76,15 @@ def run_job(
     *,
     registry: Any = None,
     verify_passes: bool = False,
+    values: bool = True,
     keep: bool = False,
     timeout: float | None = None,
     on_start: Callable[[Path], None] | None = None,
 ) -> WorkerResult:
     """Run ``job`` on ``platform`` in a fresh worker process and return its outputs and report.
 
-    ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
+    ``values=False`` runs the cost model only (no output values, nothing captured: cheap at any
+    size). ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
     deleted, since one big run leaves ~1.3 GB of traces.
     """
     if registry is None:
@@ -101,6 +103,7 @@ def run_job(
         "platform": {"name": platform.name, "arch": platform.arch, "run_mode": platform.run_mode, "sim_arch": platform.sim_arch},
         "log_path": str(log_path),
         "verify_passes": verify_passes,
+        "values": values,
         "workarounds": workarounds,
     }
     torch.save(payload, job_path)

@@ -28,7 +28,8 @@ def main(job_path: str, result_path: str) -> int:
         sim.install_phase_timers()
         if SIM_VERIFY_REAL_INPUTS.key in payload.get("workarounds", ()):
             sim.install_real_input_verify()
-        ctx = JobContext(payload["platform"], Path(payload["log_path"]), payload.get("verify_passes", False))
+        ctx = JobContext(payload["platform"], Path(payload["log_path"]), payload.get("verify_passes", False),
+                         payload.get("values", True))
         outputs = JOBS[payload["job"]](ctx, payload["inputs"])
         run = sim.last_run_dir()
         report = sim.sim_report(run) if payload["platform"]["run_mode"] == "sim" else {}

@@ -60,12 +60,12 @@ class _Tiles:
 
     def __init__(self, plan: TilingPlan, config: Qwen3Config, rows: int) -> None:
         self.rows = min(plan.tok_tile, rows)
-        p = plan
-        self.q_proj = CubeTiles(self.rows, p.k_chunk, p.q_out_chunk)
-        self.kv_proj = CubeTiles(self.rows, p.k_chunk, p.kv_out_chunk)
-        self.o_proj = CubeTiles(self.rows, p.q_out_chunk, p.k_chunk)
-        self.gate_up = CubeTiles(self.rows, p.k_chunk, p.mlp_out_chunk)
-        self.down = CubeTiles(self.rows, p.mlp_out_chunk, p.k_chunk)
+        p, m, h = plan, min(plan.cube_m, rows), config.hidden_size
+        self.q_proj = CubeTiles(m, p.k_chunk, p.q_out_chunk, min(p.k_l1, h))
+        self.kv_proj = CubeTiles(m, p.k_chunk, p.kv_out_chunk, min(p.k_l1, h))
+        self.o_proj = CubeTiles(m, p.q_out_chunk, p.k_chunk, min(p.k_l1, config.q_width))
+        self.gate_up = CubeTiles(m, p.k_chunk, p.mlp_out_chunk, min(p.k_l1, h))
+        self.down = CubeTiles(m, p.mlp_out_chunk, p.k_chunk, min(p.k_l1, config.intermediate_size))
         self.hidden_vec = (self.rows, p.k_chunk)
         self.mlp_vec = (self.rows, p.mlp_out_chunk)
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]

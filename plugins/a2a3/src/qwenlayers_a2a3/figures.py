@@ -34,5 +34,6 @@ A2A3 = Platform(
 #: The Qwen3-32B plan of pypto-lib reference 000 (TOK_TILE=4, K_CHUNK=128, *_OUT_CHUNK=64,
 #: Q_HEAD_BATCH=4, SEQ_TILE=64); other presets are derived from it by qwenlayers.core.tiling.
 ANCHORS = TilingPlan.per_phase(
-    source="plugin qwenlayers-a2a3", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64, q_head_batch=4, seq_tile=64
+    source="plugin qwenlayers-a2a3", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64, q_head_batch=4, seq_tile=64,
+    cube_m=16, k_l1=1024,
 )

@@ -1,0 +1,238 @@
+"""Running a whole layer on a platform: ``qwenlayers.decode`` (and its report).
+
+The caller's tensors are checked once (the data contract), packed, and sent to worker
+processes; nothing is written back until every worker succeeded, and then only the
+documented places: ``out``, and cache row seq_len-1 of each sequence. A kernel that wrote any
+other cache row is an error, not a silent corruption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from qwenlayers.core import contract, golden, packing
+from qwenlayers.core.compare import compare
+from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.tiling import TilingPlan, check_plan
+from qwenlayers.core.weights import LayerWeights
+from qwenlayers.errors import KernelError, TilingError
+from qwenlayers.registry import PlatformRegistry, get_registry
+from qwenlayers.runtime.chunking import Chunk, cache_rows_needed, decode_chunks
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LayerReport:
+    """What one layer run cost and how it compared, for tables, JSON and benchmarks."""
+
+    phase: Phase
+    platform: str
+    model: str
+    arch: str  # pypto npuarch the kernel was compiled for
+    cost_model_arch: str | None
+    batch: int
+    seq_lens: list[int]
+    plan: dict[str, Any]
+    sim_us: float | None
+    aicore_cycles: int | None
+    total_cycles: float | None
+    tasks: dict[str, int]
+    lanes: dict[str, int]
+    pipe_usage_pct: dict[str, float]
+    compile_s: float
+    simulate_s: float
+    wall_s: float
+    peak_rss_mb: int
+    verification: dict[str, Any]
+    workarounds: list[str]
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    timing_from: str = "values run"  # or "whole-batch cost-model run" when the values came in chunks
+    trace: str | None = None
+    run_dir: str | None = None
+    max_abs_err: float | None = None  # against the golden, when checked
+    cache_max_abs_err: float | None = None
+    within_tolerance: bool | None = None  # bf16 atol=rtol=1e-2 (qwenlayers.core.compare)
+    outside_elementwise: int | None = None  # outputs outside the plain elementwise bar
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LayerResult:
+    out: torch.Tensor
+    report: LayerReport
+
+
+def resolve_plan(
+    reg: PlatformRegistry, target: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None
+) -> TilingPlan:
+    """The plugin's default plan, a user plan, or the default with overrides; always checked
+    against the platform budgets before anything compiles."""
+    if isinstance(plan, TilingPlan):
+        if plan.phase != phase:
+            raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
+        result = plan
+    else:
+        result = reg.tiling_defaults(target, cfg, phase).with_overrides(dict(plan or {}))
+    check_plan(result, cfg, target)
+    return result
+
+
+def _merge_verification(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    passes: dict[str, dict[str, int]] = {}
+    for r in reports:
+        for name, counts in r.get("verification", {}).get("passes", {}).items():
+            slot = passes.setdefault(name, {"PASS": 0, "FAILED": 0})
+            for k in ("PASS", "FAILED"):
+                slot[k] += counts.get(k, 0)
+    exceptions = [e for r in reports for e in r.get("verification", {}).get("exceptions", [])]
+    return {"passes": passes, "exceptions": exceptions}
+
+
+def _chunk_summary(chunk: Chunk, lens: list[int], report: dict[str, Any], wall: float) -> dict[str, Any]:
+    return {
+        "rows": [chunk.start, chunk.stop], "seq_lens": lens[chunk.start : chunk.stop],
+        "estimate_gb": round(chunk.estimate_bytes / 1024**3, 2), "peak_rss_mb": report.get("peak_rss_mb"),
+        "sim_us": report.get("sim_us"), "compile_s": report.get("compile_s"), "simulate_s": report.get("simulate_s"),
+        "wall_s": round(wall, 2),
+    }
+
+
+def _trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first ``rows`` cache rows (zero-padded past MAX_SEQ), as a new contiguous tensor."""
+    out = torch.zeros(cache.shape[0], cache.shape[1], rows, cache.shape[3], dtype=cache.dtype)
+    n = min(rows, cache.shape[2])
+    out[:, :, :n] = cache[:, :, :n]
+    return out
+
+
+def _check_untouched(name: str, before: torch.Tensor, after: torch.Tensor, lens: list[int], offset: int) -> None:
+    """Every row but seq_len-1 must come back bit-identical; anything else is a kernel bug."""
+    mask = torch.ones(before.shape[0], before.shape[2], dtype=torch.bool)
+    for i, n in enumerate(lens):
+        mask[i, n - 1] = False
+    b_idx, r_idx = mask.nonzero(as_tuple=True)
+    if not torch.equal(before[b_idx, :, r_idx], after[b_idx, :, r_idx]):
+        raise KernelError(f"the decode kernel changed {name} rows other than seq_len-1 (batch rows {offset}..); nothing was written back")
+
+
+def decode(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    weights: LayerWeights | Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    platform: str | None = None,
+    plan: TilingPlan | Mapping[str, int] | None = None,
+    check: bool = False,
+    keep: bool = False,
+    registry: PlatformRegistry | None = None,
+    progress: Progress | None = None,
+) -> LayerResult:
+    """One decode step of one Qwen3 layer on a platform.
+
+    hidden [B, H] bf16 is the new token of each sequence; k_cache/v_cache [B, KVH, MAX_SEQ, D]
+    bf16 are updated in place at row ``seq_lens[b]-1`` only; seq_lens int32 [B] counts the new
+    token. Returns ``LayerResult(out [B, H] bf16, report)``; ``check=True`` also runs the golden
+    and records the max error (it does not raise on a mismatch: ``report.within_tolerance``).
+
+    Large checked runs are split into batch chunks, one worker process each, sized so every
+    process stays under ``QWENLAYERS_WORKER_MEM_GB`` (default 10); the timing figures then
+    come from one extra whole-batch cost-model run, so they describe the whole batch.
+    """
+    say = progress or (lambda _msg: None)
+    cfg = as_config(config)
+    lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
+    w = LayerWeights.coerce(weights, cfg)
+    reg = registry or get_registry()
+    target = reg.select(platform, require_available=True)
+    max_seq = k_cache.shape[2]
+    run_cfg = cfg.with_max_seq(max_seq)
+    the_plan = resolve_plan(reg, target, run_cfg, "decode", plan)
+    st = the_plan.seq_tile
+
+    from qwenlayers.runtime.worker import run_job
+
+    packed = packing.pack_layer(w)
+    cos, sin = packing.rope_rows(torch.tensor(lens) - 1, cfg.head_dim, cfg.rope_theta)
+    chunks = decode_chunks(run_cfg, lens, st)
+    batch = len(lens)
+    out = torch.empty_like(hidden)
+    new_rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch row, K row, V row), written at the end
+    reports: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    kept_dir = None
+    for n, chunk in enumerate(chunks, 1):
+        part = lens[chunk.start : chunk.stop]
+        rows = cache_rows_needed(part, st)
+        kc, vc = _trimmed(k_cache[chunk.start : chunk.stop], rows), _trimmed(v_cache[chunk.start : chunk.stop], rows)
+        say(f"decode chunk {n}/{len(chunks)}: batch rows {chunk.start}..{chunk.stop - 1}, cache rows {rows}")
+        sl = slice(chunk.start, chunk.stop)
+        result = run_job(
+            target, "decode",
+            {"config": run_cfg, "plan": the_plan, "hidden": hidden[sl].contiguous(), "weights": packed,
+             "cos": cos[sl].contiguous(), "sin": sin[sl].contiguous(), "k_cache": kc, "v_cache": vc,
+             "seq_lens": torch.tensor(part, dtype=torch.int32)},
+            registry=reg, keep=keep and len(chunks) == 1,
+        )
+        o = result.outputs
+        _check_untouched("k_cache", kc, o["k_cache"], part, chunk.start)
+        _check_untouched("v_cache", vc, o["v_cache"], part, chunk.start)
+        out[sl] = o["out"]
+        for i, n_tok in enumerate(part):
+            new_rows.append((chunk.start + i, o["k_cache"][i, :, n_tok - 1].clone(), o["v_cache"][i, :, n_tok - 1].clone()))
+        reports.append(result.report)
+        summaries.append(_chunk_summary(chunk, lens, result.report, result.wall_s))
+        kept_dir = result.kept_dir or kept_dir
+    wall_total = sum(s["wall_s"] for s in summaries)
+
+    timing, timing_from = reports[0], "values run"
+    if len(chunks) > 1:
+        say(f"whole-batch cost-model run ({batch} sequences, no values)")
+        rows = cache_rows_needed(lens, st)
+        whole = run_job(
+            target, "decode",
+            {"config": run_cfg, "plan": the_plan, "hidden": hidden, "weights": packed, "cos": cos, "sin": sin,
+             "k_cache": _trimmed(k_cache, rows), "v_cache": _trimmed(v_cache, rows),
+             "seq_lens": torch.tensor(lens, dtype=torch.int32)},
+            registry=reg, values=False, keep=keep,
+        )
+        timing, timing_from = whole.report, "whole-batch cost-model run"
+        wall_total += whole.wall_s
+
+    before = (k_cache.clone(), v_cache.clone()) if check else None
+    for b, k_row, v_row in new_rows:  # all workers succeeded: write the documented rows only
+        n_tok = lens[b]
+        k_cache[b, :, n_tok - 1] = k_row
+        v_cache[b, :, n_tok - 1] = v_row
+
+    report = LayerReport(
+        phase="decode", platform=target.name, model=cfg.name, arch=str(timing.get("npuarch") or reports[0].get("npuarch")),
+        cost_model_arch=timing.get("cost_model_arch"), batch=batch, seq_lens=lens, plan=the_plan.as_dict(),
+        sim_us=timing.get("sim_us"), aicore_cycles=timing.get("aicore_cycles"), total_cycles=timing.get("total_cycles"),
+        tasks=timing.get("tasks", {}), lanes=timing.get("lanes", {}), pipe_usage_pct=timing.get("pipe_usage_pct", {}),
+        compile_s=float(timing.get("compile_s", 0.0)), simulate_s=float(timing.get("simulate_s", 0.0)),
+        wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
+        verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
+        chunks=summaries, timing_from=timing_from, trace=timing.get("trace"), run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"),
+    )
+    if check and before is not None:
+        say("golden decode")
+        ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
+        outs = compare(out, ref)
+        caches = [compare(k_cache, ref_k), compare(v_cache, ref_v)]
+        report.max_abs_err = outs.max_abs_err
+        report.cache_max_abs_err = max(c.max_abs_err for c in caches)
+        report.within_tolerance = outs.ok and all(c.ok for c in caches)
+        report.outside_elementwise = outs.outside_elementwise
+    return LayerResult(out, report)
+

@@ -1,0 +1,158 @@
+"""The decode layer kernel on the platform under test, against the golden math.
+
+Tiny presets keep each run a few seconds. Lengths 1, SEQ_TILE-1, SEQ_TILE, SEQ_TILE+1 and
+MAX_SEQ share one batch; cache rows past each length are poisoned so a masking bug shows.
+"""
+
+import pytest
+import torch
+
+import qwenlayers
+from qwenlayers import golden
+from qwenlayers.core.compare import compare
+from qwenlayers.core.config import preset
+from qwenlayers.errors import InputError, TilingError
+
+
+def make_inputs(cfg, lens, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    b = len(lens)
+    hidden = torch.randn(b, cfg.hidden_size, generator=gen).bfloat16()
+    shape = (b, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
+    k_cache = torch.randn(shape, generator=gen).bfloat16()
+    v_cache = torch.randn(shape, generator=gen).bfloat16()
+    for i, n in enumerate(lens):  # rows at and past the new token: poison (the attention must never read past it)
+        k_cache[i, :, n:] = 30.0
+        v_cache[i, :, n:] = 1000.0
+    return hidden, k_cache, v_cache, torch.tensor(lens, dtype=torch.int32)
+
+
+def edge_lengths(cfg, seq_tile):
+    return [1, seq_tile - 1, seq_tile, seq_tile + 1, cfg.max_seq]
+
+
+def assert_decode_matches_golden(cfg, weights, platform, lens, **kwargs):
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, lens)
+    k0, v0, h0 = k_cache.clone(), v_cache.clone(), hidden.clone()
+    ref, ref_k, ref_v = golden.decode(cfg, weights, hidden, k0, v0, seq_lens)
+    result = qwenlayers.decode(cfg, weights, hidden, k_cache, v_cache, seq_lens, platform=platform.name, check=True, **kwargs)
+    assert torch.equal(hidden, h0)
+    assert result.out.dtype == torch.bfloat16 and result.out.shape == hidden.shape
+    c = compare(result.out, ref)  # bf16 atol=rtol=1e-2 against the row's scale, see qwenlayers.core.compare
+    assert c.ok, c
+    # and no less accurate than the bf16 golden itself, both measured against the fp32 truth
+    w = qwenlayers.LayerWeights.coerce(weights, cfg)
+    w32 = qwenlayers.LayerWeights(cfg, {k: v.float() for k, v in w.tensors.items()})
+    truth, _, _ = golden.decode(cfg, w32, hidden.float(), k0.float(), v0.float(), seq_lens)
+    kernel_err = (result.out.float() - truth).abs().mean().item()
+    golden_err = (ref.float() - truth).abs().mean().item()
+    assert kernel_err <= 1.1 * golden_err, (kernel_err, golden_err)
+    for i, n in enumerate(lens):
+        # the written row is the golden's (K after k_norm and RoPE, V as projected) ...
+        assert compare(k_cache[i, :, n - 1], ref_k[i, :, n - 1]).ok
+        assert compare(v_cache[i, :, n - 1], ref_v[i, :, n - 1]).ok
+        # ... and every other row is bit-identical to what the caller passed
+        keep = torch.ones(cfg.max_seq, dtype=torch.bool)
+        keep[n - 1] = False
+        assert torch.equal(k_cache[i][:, keep], k0[i][:, keep]) and torch.equal(v_cache[i][:, keep], v0[i][:, keep])
+    r = result.report
+    assert r.within_tolerance and r.max_abs_err <= 0.05
+    return result
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("model", ["tiny", "tiny-mha", "tiny-gqa8"])  # GQA 2, 1, 8; tiny-gqa8 has 8x32 != hidden 128
+def test_decode_matches_golden_at_edge_lengths(runnable_platform, model):
+    cfg = preset(model)
+    plan = qwenlayers.plan(cfg, "decode", platform=runnable_platform.name)
+    lens = edge_lengths(cfg, plan.seq_tile)
+    result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=3), runnable_platform, lens)
+    r = result.report
+    assert r.arch == runnable_platform.arch and r.cost_model_arch == runnable_platform.sim_arch
+    assert r.sim_us > 0 and r.tasks["AIC"] > 0 and r.tasks["AIV"] > 0 and r.compile_s > 0
+    assert r.plan["seq_tile"] == plan.seq_tile and r.seq_lens == lens
+    assert "pypto-loop-results-through-gm" in r.workarounds
+
+
+@pytest.mark.sim
+def test_decode_layer_from_a_safetensors_checkpoint(runnable_platform, tmp_path):
+    cfg = preset("tiny-gqa8")
+    layers = {i: qwenlayers.LayerWeights.random(cfg, seed=10 + i) for i in range(3)}
+    qwenlayers.LayerWeights.write_checkpoint(tmp_path, layers, shard_layers=2)
+    loaded = qwenlayers.LayerWeights.from_checkpoint(tmp_path, 2, cfg)
+    assert_decode_matches_golden(cfg, loaded, runnable_platform, [5, 40, 128])
+
+
+@pytest.mark.sim
+def test_small_seq_tile_and_hf_named_dict_weights(runnable_platform):
+    cfg = preset("tiny")
+    weights = dict(qwenlayers.LayerWeights.random(cfg, seed=4).tensors)  # plain HF-named dict
+    result = assert_decode_matches_golden(cfg, weights, runnable_platform, [1, 31, 32, 33, 100], plan={"SEQ_TILE": 32})
+    assert result.report.plan["seq_tile"] == 32 and result.report.plan["origin"]["seq_tile"] == "user"
+
+
+@pytest.mark.sim
+def test_a_checked_run_over_budget_is_split_into_worker_chunks(runnable_platform, monkeypatch):
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", "0.1")  # below one row: every row its own worker
+    cfg = preset("tiny-mha")
+    result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=5), runnable_platform, [1, 65, 128])
+    r = result.report
+    assert [c["rows"] for c in r.chunks] == [[0, 1], [1, 2], [2, 3]]
+    assert r.timing_from == "whole-batch cost-model run" and r.sim_us > 0
+
+
+# ---------------------------------------------------------------- bad input: refused before any work
+
+
+def _bad(cfg, **changes):
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [3, 9])
+    args = {"hidden": hidden, "k_cache": k_cache, "v_cache": v_cache, "seq_lens": seq_lens, **changes}
+    return args
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(hidden=a["hidden"].float()), r"hidden has dtype torch.float32; allowed: torch.bfloat16"),
+        (lambda a: a.update(hidden=a["hidden"][:, :64].contiguous()), r"hidden has shape \(2, 64\), expected \(2, 256\)"),
+        (lambda a: a.update(seq_lens=torch.tensor([0, 9], dtype=torch.int32)), r"seq_lens\[0\]=0; .* 1 <= seq_len <= 256"),
+        (lambda a: a.update(seq_lens=torch.tensor([3, 257], dtype=torch.int32)), r"seq_lens\[1\]=257; .* 1 <= seq_len <= 256"),
+        (lambda a: a.update(seq_lens=torch.tensor([3, 9, 4], dtype=torch.int32)), r"seq_lens has shape \(3,\), expected \(2,\)"),
+        (lambda a: a.update(k_cache=a["k_cache"][:1].contiguous()), r"k_cache holds 1 sequences but hidden has batch 2"),
+        (lambda a: a.update(v_cache=a["v_cache"].transpose(2, 3).contiguous().transpose(2, 3)), r"v_cache is not contiguous"),
+        (lambda a: a.update(k_cache=a["k_cache"].float()), r"k_cache has dtype torch.float32; allowed: torch.bfloat16"),
+        (lambda a: a.update(seq_lens=torch.tensor([3.0, 9.0])), r"seq_lens has dtype torch.float32"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_changes(change, message):
+    cfg = preset("tiny")
+    args = _bad(cfg)
+    change(args)
+    before = {k: v.clone() for k, v in args.items()}
+    with pytest.raises(InputError, match=message):
+        qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), platform="no-such-platform", **args)
+    for k, v in args.items():
+        assert torch.equal(v, before[k]), f"{k} was modified by a refused call"
+
+
+def test_a_plan_over_budget_is_a_tiling_error_before_compiling():
+    cfg = preset("tiny")
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [3, 9])
+    with pytest.raises(TilingError, match=r"kv block.*exceeds the TILE budget.*SEQ_TILE from user override"):
+        qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens,
+                          platform="a5sim", plan={"SEQ_TILE": 256})
+    prefill_plan = qwenlayers.plan(cfg, "prefill", platform="a5sim")
+    with pytest.raises(TilingError, match="the plan given is a prefill plan; decode needs a decode plan"):
+        qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens,
+                          platform="a5sim", plan=prefill_plan)
+
+
+def test_compare_scales_rtol_by_the_row_and_still_counts_elementwise_misses():
+    ref = torch.tensor([[1.0, -1.25, 0.125, 1.5]]).bfloat16()
+    one_step = ref.clone()
+    one_step[0, 2] += 0.015625  # a bf16 step of a value near 1, landed on a small element
+    c = compare(one_step, ref)
+    assert c.ok and c.outside_elementwise == 1 and c.max_abs_err == pytest.approx(0.015625)
+    wrong = ref.clone()
+    wrong[0, 2] = 0.5
+    assert not compare(wrong, ref).ok

@@ -22,7 +22,7 @@ from qwenlayers.core.tiling import TilingPlan, check_plan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import KernelError, TilingError
 from qwenlayers.registry import PlatformRegistry, get_registry
-from qwenlayers.runtime.chunking import Chunk, cache_rows_needed, decode_chunks
+from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, split_decode
 
 Progress = Callable[[str], None]
 
@@ -96,13 +96,38 @@ def _merge_verification(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {"passes": passes, "exceptions": exceptions}
 
 
-def _chunk_summary(chunk: Chunk, lens: list[int], report: dict[str, Any], wall: float) -> dict[str, Any]:
+def _chunk_summary(what: str, estimate: int, lens: list[int], report: dict[str, Any], wall: float) -> dict[str, Any]:
     return {
-        "rows": [chunk.start, chunk.stop], "seq_lens": lens[chunk.start : chunk.stop],
-        "estimate_gb": round(chunk.estimate_bytes / 1024**3, 2), "peak_rss_mb": report.get("peak_rss_mb"),
+        "worker": what, "seq_lens": lens,
+        "estimate_gb": round(estimate / 1024**3, 2), "peak_rss_mb": report.get("peak_rss_mb"),
         "sim_us": report.get("sim_us"), "compile_s": report.get("compile_s"), "simulate_s": report.get("simulate_s"),
         "wall_s": round(wall, 2),
     }
+
+
+def _mlp_in_shards(
+    target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, plan: TilingPlan, packed: dict[str, torch.Tensor],
+    resid: torch.Tensor, split: DecodeSplit, reports: list[dict[str, Any]], summaries: list[dict[str, Any]], say: Progress,
+) -> torch.Tensor:
+    """The MLP half over the whole batch in ``split.mlp_shards`` intermediate shards; the host
+    sums their fp32 partials (the all-reduce of reduction point 2), rounds once to bf16 as the
+    one-program kernel does, and adds the residual."""
+    from qwenlayers.runtime.worker import run_job
+
+    inter, shards = cfg.intermediate_size, split.mlp_shards
+    width = inter // shards
+    total = torch.zeros(resid.shape, dtype=torch.float32)
+    for k in range(shards):
+        cols = slice(k * width, (k + 1) * width)
+        w_gu = torch.cat([packed["w_gu"][:, cols], packed["w_gu"][:, inter + k * width : inter + (k + 1) * width]], 1).contiguous()
+        say(f"decode MLP shard {k + 1}/{shards}: intermediate columns {cols.start}..{cols.stop - 1}")
+        result = run_job(target, "decode_mlp",
+                         {"config": cfg, "plan": plan, "resid": resid, "w_ln2": packed["w_ln2"], "w_gu": w_gu,
+                          "w_down": packed["w_down"][cols].contiguous()}, registry=reg)
+        total += result.outputs["part"]
+        reports.append(result.report)
+        summaries.append(_chunk_summary(f"mlp shard {k + 1}/{shards}", split.mlp_estimate_bytes, [], result.report, result.wall_s))
+    return (resid.float() + total.bfloat16().float()).bfloat16()
 
 
 def _trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:
@@ -145,9 +170,11 @@ def decode(
     token. Returns ``LayerResult(out [B, H] bf16, report)``; ``check=True`` also runs the golden
     and records the max error (it does not raise on a mismatch: ``report.within_tolerance``).
 
-    Large checked runs are split into batch chunks, one worker process each, sized so every
-    process stays under ``QWENLAYERS_WORKER_MEM_GB`` (default 10); the timing figures then
-    come from one extra whole-batch cost-model run, so they describe the whole batch.
+    Large checked runs are split into pieces, one worker process each, sized so every process
+    stays under ``QWENLAYERS_WORKER_MEM_GB`` (default 10): batch chunks, and, when one
+    sequence of the whole layer would not fit (qwen3-32b), the attention half per chunk and
+    the MLP half in intermediate shards (runtime/chunking.py). The timing figures then come
+    from one extra whole-batch cost-model run of the one-program layer.
     """
     say = progress or (lambda _msg: None)
     cfg = as_config(config)
@@ -164,39 +191,44 @@ def decode(
 
     packed = packing.pack_layer(w)
     cos, sin = packing.rope_rows(torch.tensor(lens) - 1, cfg.head_dim, cfg.rope_theta)
-    chunks = decode_chunks(run_cfg, lens, st)
+    split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
+    chunks = split.chunks
     batch = len(lens)
     out = torch.empty_like(hidden)
     new_rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch row, K row, V row), written at the end
     reports: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     kept_dir = None
+    single = len(chunks) == 1 and split.part == "layer"
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
         rows = cache_rows_needed(part, st)
         kc, vc = _trimmed(k_cache[chunk.start : chunk.stop], rows), _trimmed(v_cache[chunk.start : chunk.stop], rows)
-        say(f"decode chunk {n}/{len(chunks)}: batch rows {chunk.start}..{chunk.stop - 1}, cache rows {rows}")
+        say(f"decode {split.part} chunk {n}/{len(chunks)}: batch rows {chunk.start}..{chunk.stop - 1}, cache rows {rows}")
         sl = slice(chunk.start, chunk.stop)
         result = run_job(
             target, "decode",
-            {"config": run_cfg, "plan": the_plan, "hidden": hidden[sl].contiguous(), "weights": packed,
+            {"config": run_cfg, "plan": the_plan, "part": split.part, "hidden": hidden[sl].contiguous(), "weights": packed,
              "cos": cos[sl].contiguous(), "sin": sin[sl].contiguous(), "k_cache": kc, "v_cache": vc,
              "seq_lens": torch.tensor(part, dtype=torch.int32)},
-            registry=reg, keep=keep and len(chunks) == 1,
+            registry=reg, keep=keep and single,
         )
         o = result.outputs
         _check_untouched("k_cache", kc, o["k_cache"], part, chunk.start)
         _check_untouched("v_cache", vc, o["v_cache"], part, chunk.start)
-        out[sl] = o["out"]
+        out[sl] = o["out"]  # the layer output, or the first residual when the MLP runs apart
         for i, n_tok in enumerate(part):
             new_rows.append((chunk.start + i, o["k_cache"][i, :, n_tok - 1].clone(), o["v_cache"][i, :, n_tok - 1].clone()))
         reports.append(result.report)
-        summaries.append(_chunk_summary(chunk, lens, result.report, result.wall_s))
+        summaries.append(_chunk_summary(f"{split.part} rows {chunk.start}..{chunk.stop - 1}", chunk.estimate_bytes,
+                                        part, result.report, result.wall_s))
         kept_dir = result.kept_dir or kept_dir
+    if split.part == "attention":
+        out = _mlp_in_shards(target, reg, run_cfg, the_plan, packed, out, split, reports, summaries, say)
     wall_total = sum(s["wall_s"] for s in summaries)
 
     timing, timing_from = reports[0], "values run"
-    if len(chunks) > 1:
+    if not single:
         say(f"whole-batch cost-model run ({batch} sequences, no values)")
         rows = cache_rows_needed(lens, st)
         whole = run_job(

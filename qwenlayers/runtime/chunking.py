@@ -1,14 +1,21 @@
-"""Splitting a checked run into batch chunks, one worker process each, so each stays in memory.
+"""Splitting a checked run into pieces, one worker process each, so each stays in memory.
 
-pypto 0.2.0's tensor-graph interpreter (the only way to get output values on a CPU) keeps a
-capture of the inputs of every loop-body call and frees nothing until the process exits. A
-view of the KV cache inside the attention loop makes the whole cache tensor an input of every
-block iteration, so the memory of one process grows with (cache bytes of the rows it holds) x
-(block iterations it runs) — the spike was OOM-killed at 24 GB on the 32B attention alone.
+pypto 0.2.0 gives output values on a CPU only through its tensor-graph interpreter, which
+keeps a capture of the inputs of every loop-body call and frees nothing until the process
+exits; and compiling a static program costs memory in proportion to its cube tiles, i.e. to
+the weight bytes it multiplies (a 16 KB TILE budget makes the 32B layer ~64k L0 tile ops).
+Measured on this project's decode kernel (docs/decode.md):
 
-The estimate below is that product with factors measured on this project's decode kernel
-(see docs/runtime.md); the runtime picks the largest contiguous chunks whose estimate stays
-under the budget. Cost-model-only runs (no values) capture nothing and are never split.
+* qwen3-32b whole layer, 1 sequence, 1 attention block: 8.8 GB compiling for the cost model,
+  13.5 GB with values: about 13.5 bytes per weight byte;
+* attention loop: 3.4 bytes per byte of cache the process holds, per loop-body call (the
+  cache view makes the whole cache an input of every block iteration).
+
+So a checked run is cut two ways: batch rows into chunks (the attention term), and, when
+even one row of the whole layer would not fit, the layer into its two halves at the
+tensor-parallel seam: the attention half per batch chunk, the MLP half in shards of the
+intermediate dimension whose fp32 partial sums the host adds (what an all-reduce would do).
+Cost-model-only runs (no values) capture nothing and are never split.
 """
 
 from __future__ import annotations
@@ -21,10 +28,9 @@ from qwenlayers.core.config import Qwen3Config
 GIB = 1024**3
 #: Default budget per worker process; ``QWENLAYERS_WORKER_MEM_GB`` overrides it.
 DEFAULT_BUDGET_GB = 10.0
-#: Bytes the interpreter keeps per byte of a loop-body call's inputs (measured: 3.4 in the spike).
-CAPTURE_FACTOR = 3.4
-#: Process baseline: Python, torch, pypto, the calculator (measured ~0.35 GB) plus margin.
-BASE_BYTES = int(0.6 * GIB)
+CAPTURE_FACTOR = 3.4  # bytes kept per byte of a loop-body call's inputs
+WEIGHT_FACTOR = 13.5  # bytes of compile + capture per weight byte of a static program with values
+BASE_BYTES = int(0.6 * GIB)  # Python, torch, pypto, the calculator (~0.35 GB) plus margin
 
 
 def budget_bytes() -> int:
@@ -32,40 +38,13 @@ def budget_bytes() -> int:
     return int(float(value) * GIB) if value else int(DEFAULT_BUDGET_GB * GIB)
 
 
-def decode_verify_bytes(config: Qwen3Config, lens: list[int], cache_rows: int, seq_tile: int) -> int:
-    """Estimated peak bytes of one worker verifying a decode step over sequences ``lens`` with
-    caches trimmed to ``cache_rows`` rows."""
-    d, kvh = config.head_dim, config.num_key_value_heads
-    weights = config.weight_bytes()
-    cache = 2 * len(lens) * kvh * cache_rows * d * 2  # K and V of the rows this process holds
-    block_calls = sum(-(-n // seq_tile) for n in lens)
-    loop_calls = len(lens) + block_calls
-    return int(BASE_BYTES + CAPTURE_FACTOR * (weights + cache + loop_calls * cache))
+def attention_weight_bytes(config: Qwen3Config) -> int:
+    h = config.hidden_size
+    return 2 * (2 * h * config.q_width + 2 * h * config.kv_width + 2 * h + 2 * config.head_dim)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    start: int
-    stop: int
-    estimate_bytes: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-def decode_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, *, budget: int | None = None) -> list[Chunk]:
-    """Contiguous batch chunks, each as large as the budget allows (at least one row)."""
-    limit = budget_bytes() if budget is None else budget
-    chunks: list[Chunk] = []
-    start = 0
-    while start < len(lens):
-        stop = start + 1
-        while stop < len(lens) and _estimate(config, lens[start : stop + 1], seq_tile) <= limit:
-            stop += 1
-        chunks.append(Chunk(start, stop, _estimate(config, lens[start:stop], seq_tile)))
-        start = stop
-    return chunks
+def mlp_weight_bytes(config: Qwen3Config, inter: int) -> int:
+    return 2 * (3 * config.hidden_size * inter + config.hidden_size)
 
 
 def cache_rows_needed(lens: list[int], seq_tile: int) -> int:
@@ -75,5 +54,61 @@ def cache_rows_needed(lens: list[int], seq_tile: int) -> int:
     return -(-max(lens) // seq_tile) * seq_tile
 
 
-def _estimate(config: Qwen3Config, lens: list[int], seq_tile: int) -> int:
-    return decode_verify_bytes(config, lens, cache_rows_needed(lens, seq_tile), seq_tile)
+def attention_capture_bytes(config: Qwen3Config, lens: list[int], seq_tile: int) -> int:
+    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, seq_tile) * config.head_dim * 2
+    loop_calls = len(lens) + sum(-(-n // seq_tile) for n in lens)
+    return int(CAPTURE_FACTOR * cache * (1 + loop_calls))
+
+
+def estimate(config: Qwen3Config, lens: list[int], seq_tile: int, *, part: str) -> int:
+    """Estimated peak bytes of one worker computing values for ``part`` (layer or attention)."""
+    weights = config.weight_bytes() if part == "layer" else attention_weight_bytes(config)
+    return int(BASE_BYTES + WEIGHT_FACTOR * weights + attention_capture_bytes(config, lens, seq_tile))
+
+
+def mlp_estimate(config: Qwen3Config, inter: int) -> int:
+    return int(BASE_BYTES + WEIGHT_FACTOR * mlp_weight_bytes(config, inter))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    stop: int
+    estimate_bytes: int
+
+
+@dataclass(frozen=True)
+class DecodeSplit:
+    """How a checked decode run is cut: ``part`` is ``layer`` (chunks run the whole layer) or
+    ``attention`` (chunks run the attention half and ``mlp_shards`` shards run the MLP)."""
+
+    part: str
+    chunks: list[Chunk]
+    mlp_shards: int = 0
+    mlp_estimate_bytes: int = 0
+
+
+def _chunks(config: Qwen3Config, lens: list[int], seq_tile: int, part: str, limit: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    start = 0
+    while start < len(lens):
+        stop = start + 1
+        while stop < len(lens) and estimate(config, lens[start : stop + 1], seq_tile, part=part) <= limit:
+            stop += 1
+        chunks.append(Chunk(start, stop, estimate(config, lens[start:stop], seq_tile, part=part)))
+        start = stop
+    return chunks
+
+
+def split_decode(config: Qwen3Config, lens: list[int], seq_tile: int, mlp_step: int, *, budget: int | None = None) -> DecodeSplit:
+    """Cut a checked decode run so every worker's estimate stays under the budget where it
+    can. ``mlp_step`` is the granule an MLP shard's width must be a multiple of."""
+    limit = budget_bytes() if budget is None else budget
+    longest = [max(lens)]
+    if estimate(config, longest, seq_tile, part="layer") <= limit:
+        return DecodeSplit("layer", _chunks(config, lens, seq_tile, "layer", limit))
+    inter = config.intermediate_size
+    shards = 1
+    while mlp_estimate(config, inter // shards) > limit and inter % (2 * shards * mlp_step) == 0:
+        shards *= 2
+    return DecodeSplit("attention", _chunks(config, lens, seq_tile, "attention", limit), shards, mlp_estimate(config, inter // shards))

@@ -61,20 +61,46 @@ def rmsnorm_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 @job("decode")
 def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
-    [B, KVH, MAX_SEQ, D], seq_lens. Returns out [B, H] and the caches as the kernel left them."""
-    from qwenlayers.core.kernels.decode import DecodeShape, build_decode
+    [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out) or
+    ``attention`` (up to the first residual, returns resid). Returns the caches as the kernel
+    left them too."""
+    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention
     from qwenlayers.runtime import sim
 
-    cfg, plan = inputs["config"], inputs["plan"]
+    cfg, plan, part = inputs["config"], inputs["plan"], inputs.get("part", "layer")
     x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
     batch, kvh, max_seq, d = k_cache.shape
-    kernel = build_decode(cfg, DecodeShape(batch, max_seq), plan, jit_options=ctx.jit_options())
     w = inputs["weights"]
     out = torch.zeros_like(x)
     attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
-    args = [x, w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"], w["w_ln2"], w["w_gu"], w["w_down"],
-            inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
+    attn_weights = [w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"]]
+    tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
+    shape = DecodeShape(batch, max_seq)
+    if part == "layer":
+        kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
+        args = [x, *attn_weights, w["w_ln2"], w["w_gu"], w["w_down"], *tail]
+    elif part == "attention":
+        kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options())
+        args = [x, *attn_weights, *tail]
+    else:
+        raise ValueError(f"decode job part={part!r}; allowed: layer, attention")
     with sim.quiet(ctx.log_path):
         kernel(*args)
     return {"out": out, "k_cache": k_cache, "v_cache": v_cache}
+
+
+@job("decode_mlp")
+def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Post-attention norm and one intermediate shard of the MLP. Inputs: config, plan, resid
+    [R, H], w_ln2, w_gu [H, 2*inter] (the shard's gate | up columns), w_down [inter, H].
+    Returns the fp32 partial down projection [R, H]."""
+    from qwenlayers.core.kernels.decode import build_decode_mlp
+    from qwenlayers.runtime import sim
+
+    resid, w_down = inputs["resid"], inputs["w_down"]
+    kernel = build_decode_mlp(inputs["config"], resid.shape[0], w_down.shape[0], inputs["plan"], jit_options=ctx.jit_options())
+    part = torch.zeros(resid.shape, dtype=torch.float32)
+    with sim.quiet(ctx.log_path):
+        kernel(resid, inputs["w_ln2"], inputs["w_gu"], w_down, part)
+    return {"part": part}

@@ -44,12 +44,13 @@ def rms_norm_rows(x_f32: Any, weight: Any, width: int, eps: float) -> Any:
     return pypto.cast(pypto.cast(normed, fp32) * pypto.cast(weight, fp32), bf16)
 
 
-def linear(x_bf16: Any, w_in_out: Any, tiles: CubeTiles) -> Any:
-    """x @ W with W stored [in, out]: fp32 accumulation on the cube, rounded to bf16 once."""
+def linear(x_bf16: Any, w_in_out: Any, tiles: CubeTiles, *, fp32_out: bool = False) -> Any:
+    """x @ W with W stored [in, out]: fp32 accumulation on the cube, rounded to bf16 once
+    (or left in fp32 when the result is a partial sum another program adds to)."""
     import pypto
 
     tiles.apply()
-    return pypto.matmul(x_bf16, w_in_out, pypto.DT_BF16)
+    return pypto.matmul(x_bf16, w_in_out, pypto.DT_FP32 if fp32_out else pypto.DT_BF16)
 
 
 def rope(x_bf16: Any, cos: Any, sin: Any, head_dim: int) -> Any:

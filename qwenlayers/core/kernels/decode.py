@@ -97,67 +97,44 @@ def project_qkv(cfg: Qwen3Config, t: _Tiles, b_rows: int, eps: float, x: Any, w:
     return q_groups, k_new, v_new
 
 
-def mlp_half(cfg: Qwen3Config, t: _Tiles, eps: float, residual: Any, w: dict[str, Any]) -> Any:
-    """Step 6 up to reduction point 2: the (partial) down_proj output [rows, H] bf16."""
+def mlp_half(cfg: Qwen3Config, t: _Tiles, eps: float, residual: Any, w: dict[str, Any], inter: int, fp32_out: bool = False) -> Any:
+    """Step 6 up to reduction point 2 over ``inter`` intermediate columns (all of them, or one
+    shard's): the (partial) down_proj output [rows, H]."""
     import pypto
 
-    rows, i = residual.shape[0], cfg.intermediate_size
+    rows = residual.shape[0]
     pypto.set_vec_tile_shapes(*t.hidden_vec)
     h = blocks.rms_norm_rows(pypto.cast(residual, pypto.DT_FP32), w["w_ln2"], cfg.hidden_size, eps)
-    gu = blocks.linear(h, w["w_gu"], t.gate_up)  # [rows, 2I]: gate | up
+    gu = blocks.linear(h, w["w_gu"], t.gate_up)  # [rows, 2*inter]: gate | up
     pypto.set_vec_tile_shapes(*t.mlp_vec)
-    act = blocks.swiglu(pypto.view(gu, [rows, i], [0, 0]), pypto.view(gu, [rows, i], [0, i]))
-    return blocks.linear(act, w["w_down"], t.down)
+    act = blocks.swiglu(pypto.view(gu, [rows, inter], [0, 0]), pypto.view(gu, [rows, inter], [0, inter]))
+    return blocks.linear(act, w["w_down"], t.down, fp32_out=fp32_out)
 
 
-def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
-    """A jit kernel for one decode step of ``shape.batch`` sequences.
-
-    Arguments, in order: hidden [B, H], the :func:`decode_weight_layout` tensors, cos/sin
-    [B, 1, D] fp32 (RoPE rows at position seq_len-1), k_cache/v_cache [B*KVH, MAX_SEQ, D]
-    (written at row seq_len-1 only), seq_lens [B] int32, attn [B*KVH, G, D] (workspace the
-    attention loop writes and o_proj reads), out [B, H].
-
-    The attention output goes through a GM workspace argument, not a ``pypto.tensor``: a local
-    tensor assembled inside a ``pypto.loop`` and read after it crashes pypto 0.2.0's runtime
-    (SIGSEGV in ``DeviceSlotContext::FillInputOutputSlot``; workaround
-    ``pypto-loop-results-through-gm``), the failure class reference 002 hit as lost elements.
-
-    pypto's frontend parses the jit body itself (loops and ``if`` on loop state must appear
-    there); the straight-line blocks are plain Python helpers it calls while tracing.
-    """
+def _flash_decode_fn(cfg: Qwen3Config, t: _Tiles, shape: DecodeShape) -> Any:
+    """The cache write and flash-decode loop as a pypto inline function (``@pypto.frontend.function``):
+    pypto's frontend parses loops and ``if`` on loop state only in parsed bodies, and this one
+    body is shared by every program that runs the attention."""
     import pypto
 
     bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
-    cfg, eps = config, config.rms_norm_eps
-    b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
-    lay = decode_weight_layout(cfg)
-    t = _Tiles(plan, cfg, b_rows)
+    b_rows, kvh, g, d = shape.batch, cfg.num_key_value_heads, cfg.group_size, cfg.head_dim
     st, qhb, scale = t.seq_tile, t.q_head_batch, d**-0.5
+    heads = b_rows * kvh
 
-    @pypto.frontend.jit(**jit_options)
-    def qwen3_decode_layer(
-        x: pypto.Tensor((b_rows, h), bf16),
-        w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
-        w_q: pypto.Tensor(lay["w_q"], bf16),
-        w_kv: pypto.Tensor(lay["w_kv"], bf16),
-        w_qn: pypto.Tensor(lay["w_qn"], bf16),
-        w_kn: pypto.Tensor(lay["w_kn"], bf16),
-        w_o: pypto.Tensor(lay["w_o"], bf16),
-        w_ln2: pypto.Tensor(lay["w_ln2"], bf16),
-        w_gu: pypto.Tensor(lay["w_gu"], bf16),
-        w_down: pypto.Tensor(lay["w_down"], bf16),
-        cos: pypto.Tensor((b_rows, 1, d), fp32),
-        sin: pypto.Tensor((b_rows, 1, d), fp32),
-        k_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
-        v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+    @pypto.frontend.function
+    def flash_decode(
+        q_groups: pypto.Tensor((heads, g, d), bf16),
+        k_new: pypto.Tensor((heads, 1, d), bf16),
+        v_new: pypto.Tensor((heads, 1, d), bf16),
+        k_cache: pypto.Tensor((heads, shape.max_seq, d), bf16),
+        v_cache: pypto.Tensor((heads, shape.max_seq, d), bf16),
         seq_lens: pypto.Tensor((b_rows,), i32),
-        attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
-        out: pypto.Tensor((b_rows, h), bf16),
+        attn: pypto.Tensor((heads, g, d), bf16),
     ):
-        w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
-             "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
-        q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
+        # pypto re-reads the annotations from the closure when inlining; names only used there
+        # are not closure cells unless the body mentions them
+        _annotation_names = (heads, shape, bf16, i32)  # noqa: F841
         for b in pypto.loop(b_rows, name="LOOP_seq", idx_name="b"):
             length = seq_lens[b]
             # The cache write sits in the attention's own loop body (the spike measured 3.8 ms
@@ -200,13 +177,129 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
                     acc[:] = acc * alpha + o
                 if pypto.is_loop_end(blk):
                     pypto.assemble(pypto.cast(acc / l_i, bf16), [b * kvh, 0, 0], attn)
+
+    return flash_decode
+
+
+def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+    """A jit kernel for one decode step of ``shape.batch`` sequences: the whole layer.
+
+    Arguments, in order: hidden [B, H], the :func:`decode_weight_layout` tensors, cos/sin
+    [B, 1, D] fp32 (RoPE rows at position seq_len-1), k_cache/v_cache [B*KVH, MAX_SEQ, D]
+    (written at row seq_len-1 only), seq_lens [B] int32, attn [B*KVH, G, D] (workspace the
+    attention loop writes and o_proj reads), out [B, H].
+
+    The attention output goes through a GM workspace argument, not a ``pypto.tensor``: a local
+    tensor assembled inside a ``pypto.loop`` and read after it crashes pypto 0.2.0's runtime
+    (SIGSEGV in ``DeviceSlotContext::FillInputOutputSlot``; workaround
+    ``pypto-loop-results-through-gm``), the failure class reference 002 hit as lost elements.
+    """
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    cfg, eps = config, config.rms_norm_eps
+    b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
+    lay = decode_weight_layout(cfg)
+    t = _Tiles(plan, cfg, b_rows)
+    flash_decode = _flash_decode_fn(cfg, t, shape)
+
+    @pypto.frontend.jit(**jit_options)
+    def qwen3_decode_layer(
+        x: pypto.Tensor((b_rows, h), bf16),
+        w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
+        w_q: pypto.Tensor(lay["w_q"], bf16),
+        w_kv: pypto.Tensor(lay["w_kv"], bf16),
+        w_qn: pypto.Tensor(lay["w_qn"], bf16),
+        w_kn: pypto.Tensor(lay["w_kn"], bf16),
+        w_o: pypto.Tensor(lay["w_o"], bf16),
+        w_ln2: pypto.Tensor(lay["w_ln2"], bf16),
+        w_gu: pypto.Tensor(lay["w_gu"], bf16),
+        w_down: pypto.Tensor(lay["w_down"], bf16),
+        cos: pypto.Tensor((b_rows, 1, d), fp32),
+        sin: pypto.Tensor((b_rows, 1, d), fp32),
+        k_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        seq_lens: pypto.Tensor((b_rows,), i32),
+        attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
+        out: pypto.Tensor((b_rows, h), bf16),
+    ):
+        w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
+             "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
+        q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, attn)
         o_part = blocks.linear(pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, t.o_proj)
         # reduction point 1: a tensor-parallel build all-reduces o_part here
         pypto.set_vec_tile_shapes(*t.hidden_vec)
         resid = blocks.residual_add(x, o_part)
-        down_part = mlp_half(cfg, t, eps, resid, w)
+        down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
         # reduction point 2: a tensor-parallel build all-reduces down_part here
         pypto.set_vec_tile_shapes(*t.hidden_vec)
         out[:] = blocks.residual_add(resid, down_part)
 
     return qwen3_decode_layer
+
+
+def build_decode_attention(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+    """The layer up to reduction point 1 plus the residual: ``resid = x + o_proj(attention)``.
+
+    Arguments as :func:`build_decode` without the MLP weights; the last is resid [B, H]. With
+    :func:`build_decode_mlp` this is the layer in two programs, the split a tensor-parallel
+    run makes, and the one the runtime uses when one program's values would not fit a worker.
+    """
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    cfg, eps = config, config.rms_norm_eps
+    b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
+    lay = decode_weight_layout(cfg)
+    t = _Tiles(plan, cfg, b_rows)
+    flash_decode = _flash_decode_fn(cfg, t, shape)
+
+    @pypto.frontend.jit(**jit_options)
+    def qwen3_decode_attention(
+        x: pypto.Tensor((b_rows, h), bf16),
+        w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
+        w_q: pypto.Tensor(lay["w_q"], bf16),
+        w_kv: pypto.Tensor(lay["w_kv"], bf16),
+        w_qn: pypto.Tensor(lay["w_qn"], bf16),
+        w_kn: pypto.Tensor(lay["w_kn"], bf16),
+        w_o: pypto.Tensor(lay["w_o"], bf16),
+        cos: pypto.Tensor((b_rows, 1, d), fp32),
+        sin: pypto.Tensor((b_rows, 1, d), fp32),
+        k_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        seq_lens: pypto.Tensor((b_rows,), i32),
+        attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
+        resid: pypto.Tensor((b_rows, h), bf16),
+    ):
+        w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
+        q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, attn)
+        o_part = blocks.linear(pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, t.o_proj)
+        pypto.set_vec_tile_shapes(*t.hidden_vec)
+        resid[:] = blocks.residual_add(x, o_part)
+
+    return qwen3_decode_attention
+
+
+def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+    """Post-attention RMSNorm and the MLP over ``inter`` intermediate columns (one shard of
+    them), up to reduction point 2: ``(resid [R, H], w_ln2 [1, H], w_gu [H, 2*inter],
+    w_down [inter, H], part [R, H] fp32)``. The shards' fp32 parts sum to the down projection."""
+    import pypto
+
+    bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
+    cfg, eps, h = config, config.rms_norm_eps, config.hidden_size
+    t = _Tiles(plan, cfg, rows)
+
+    @pypto.frontend.jit(**jit_options)
+    def qwen3_decode_mlp(
+        resid: pypto.Tensor((rows, h), bf16),
+        w_ln2: pypto.Tensor((1, h), bf16),
+        w_gu: pypto.Tensor((h, 2 * inter), bf16),
+        w_down: pypto.Tensor((inter, h), bf16),
+        part: pypto.Tensor((rows, h), fp32),
+    ):
+        part[:] = mlp_half(cfg, t, eps, resid, {"w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}, inter, True)
+
+    return qwen3_decode_mlp

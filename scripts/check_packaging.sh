@@ -17,3 +17,4 @@ cd "$work"   # not the repo: prove the installed wheels work on their own
 "$work/fresh/bin/qwenlayers" --version
 "$work/fresh/bin/qwenlayers" platforms
 "$work/fresh/bin/qwenlayers" smoke
+"$work/fresh/bin/qwenlayers" run   # the README main job: a checked decode layer on a5sim

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from qwenlayers.cli import app
@@ -34,3 +35,37 @@ def test_exit_codes():
     assert runner.invoke(app, ["plan", "-m", "tiny", "--phase", "sideways"]).exit_code == 2
     res = runner.invoke(app, ["smoke", "--platform", "a6"])
     assert res.exit_code == 3 and "unknown platform 'a6'" in res.output
+
+
+@pytest.mark.sim
+def test_run_with_no_options_is_a_checked_small_decode(runnable_platform, monkeypatch):
+    monkeypatch.setenv("QWENLAYERS_PLATFORM", runnable_platform.name)
+    res = runner.invoke(app, ["run", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["platform"] == runnable_platform.name and report["phase"] == "decode" and report["model"] == "tiny"
+    assert report["seq_lens"] == [1, 86, 171, 256] and report["within_tolerance"] is True
+    assert report["sim_us"] > 0 and report["max_abs_err"] < 0.05
+
+
+@pytest.mark.sim
+def test_run_from_a_checkpoint_with_seq_lens_prints_the_table(runnable_platform, tmp_path):
+    from qwenlayers import LayerWeights, preset
+
+    cfg = preset("tiny-gqa8")
+    LayerWeights.write_checkpoint(tmp_path, {0: LayerWeights.random(cfg, seed=1), 1: LayerWeights.random(cfg, seed=2)})
+    res = runner.invoke(app, ["run", "--weights", str(tmp_path), "--layer", "1", "--seq-lens", "3,70",
+                              "--platform", runnable_platform.name])
+    assert res.exit_code == 0, res.output
+    assert "PASS" in res.output and "max |out - golden|" in res.output and "simulated AICore time" in res.output
+
+
+def test_run_bad_options_exit_2_with_the_reason():
+    res = runner.invoke(app, ["run", "--seq-len", "5", "--seq-lens", "1,2"])
+    assert res.exit_code == 2 and "not both" in res.output
+    res = runner.invoke(app, ["run", "--seq-lens", "1,x"])
+    assert res.exit_code == 2 and "comma-separated list of ints" in res.output
+    res = runner.invoke(app, ["run", "--seq-len", "300"])  # tiny has MAX_SEQ 256
+    assert res.exit_code == 2 and "1 <= seq_len <= 256" in res.output
+    res = runner.invoke(app, ["run", "--phase", "train"])
+    assert res.exit_code == 2 and "allowed: decode" in res.output

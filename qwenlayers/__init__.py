@@ -34,6 +34,7 @@ _LAZY = {
     "SmokeResult": ("qwenlayers.api", "SmokeResult"),
     "plan": ("qwenlayers.api", "plan"),
     "decode": ("qwenlayers.layer", "decode"),
+    "prefill": ("qwenlayers.layer", "prefill"),
     "LayerResult": ("qwenlayers.layer", "LayerResult"),
     "LayerReport": ("qwenlayers.layer", "LayerReport"),
     "get_registry": ("qwenlayers.registry", "get_registry"),

@@ -261,7 +261,7 @@ def _seq_lens(batch: int, seq_len: int | None, seq_lens: str | None, max_seq: in
 
 @app.command()
 def run(
-    phase: str = typer.Option("decode", "--phase", help="decode (one new token per sequence)."),
+    phase: str = typer.Option("decode", "--phase", help="decode (one new token per sequence) or prefill (all tokens of each sequence, causal)."),
     model: str = typer.Option("tiny", "--model", "-m", help="Preset name (see `qwenlayers plan --help`), or ignored with --weights."),
     batch: int = typer.Option(4, "--batch", "-b", help="Sequences (ignored with --seq-lens)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Every sequence's length, including the new token."),
@@ -287,8 +287,8 @@ def run(
     from qwenlayers.errors import InputError
 
     try:
-        if phase not in ("decode",):
-            raise InputError(f"--phase {phase!r}; allowed: decode")
+        if phase not in ("decode", "prefill"):
+            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
         if weights:
             cfg = Qwen3Config.from_hf(weights, name=f"{weights}#layer{layer}")
             w = LayerWeights.from_checkpoint(weights, layer, cfg)
@@ -303,14 +303,20 @@ def run(
             def progress(msg: str) -> None:
                 status.update(f"{cfg.name} {phase}: {msg} …")
 
-            from qwenlayers.layer import decode
+            from qwenlayers.layer import decode, prefill
 
-            hidden = torch.randn(n, cfg.hidden_size, generator=gen).bfloat16()
-            shape = (n, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
-            k_cache = torch.randn(shape, generator=gen).bfloat16()
-            v_cache = torch.randn(shape, generator=gen).bfloat16()
-            result = decode(cfg, w, hidden, k_cache, v_cache, torch.tensor(lens, dtype=torch.int32), platform=platform,
-                            plan=overrides, check=check, keep=keep, progress=progress)
+            sl = torch.tensor(lens, dtype=torch.int32)
+            if phase == "decode":
+                hidden = torch.randn(n, cfg.hidden_size, generator=gen).bfloat16()
+                shape = (n, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
+                k_cache = torch.randn(shape, generator=gen).bfloat16()
+                v_cache = torch.randn(shape, generator=gen).bfloat16()
+                result = decode(cfg, w, hidden, k_cache, v_cache, sl, platform=platform, plan=overrides, check=check,
+                                keep=keep, progress=progress)
+            else:
+                hidden = torch.randn(n, max(lens), cfg.hidden_size, generator=gen).bfloat16()
+                result = prefill(cfg, w, hidden, sl, platform=platform, plan=overrides, check=check, keep=keep,
+                                 progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report

@@ -1,4 +1,4 @@
-"""Running a whole layer on a platform: ``qwenlayers.decode`` (and its report).
+"""Running a whole layer on a platform: ``qwenlayers.decode`` and ``qwenlayers.prefill``.
 
 The caller's tensors are checked once (the data contract), packed, and sent to worker
 processes; nothing is written back until every worker succeeded, and then only the
@@ -15,14 +15,14 @@ from typing import Any
 import torch
 
 from qwenlayers.core import contract, golden, packing
-from qwenlayers.core.compare import compare
+from qwenlayers.core.compare import Comparison, compare
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.tiling import TilingPlan, check_plan
 from qwenlayers.core.weights import LayerWeights
-from qwenlayers.errors import KernelError, TilingError
+from qwenlayers.errors import InputError, KernelError, TilingError
 from qwenlayers.registry import PlatformRegistry, get_registry
-from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, split_decode
+from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, prefill_chunks, split_decode
 
 Progress = Callable[[str], None]
 
@@ -68,6 +68,33 @@ class LayerReport:
 class LayerResult:
     out: torch.Tensor
     report: LayerReport
+    k_cache: torch.Tensor | None = None  # the caches written (the caller's, or allocated by prefill)
+    v_cache: torch.Tensor | None = None
+
+
+def _build_report(
+    phase: Phase, target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, lens: list[int], plan: TilingPlan,
+    timing: dict[str, Any], timing_from: str, reports: list[dict[str, Any]], summaries: list[dict[str, Any]],
+    wall_total: float, kept_dir: Any,
+) -> LayerReport:
+    return LayerReport(
+        phase=phase, platform=target.name, model=cfg.name, arch=str(timing.get("npuarch") or reports[0].get("npuarch")),
+        cost_model_arch=timing.get("cost_model_arch"), batch=len(lens), seq_lens=lens, plan=plan.as_dict(),
+        sim_us=timing.get("sim_us"), aicore_cycles=timing.get("aicore_cycles"), total_cycles=timing.get("total_cycles"),
+        tasks=timing.get("tasks", {}), lanes=timing.get("lanes", {}), pipe_usage_pct=timing.get("pipe_usage_pct", {}),
+        compile_s=float(timing.get("compile_s", 0.0)), simulate_s=float(timing.get("simulate_s", 0.0)),
+        wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
+        verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
+        chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
+        run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"),
+    )
+
+
+def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]) -> None:
+    report.max_abs_err = out.max_abs_err
+    report.cache_max_abs_err = max(c.max_abs_err for c in caches)
+    report.within_tolerance = out.ok and all(c.ok for c in caches)
+    report.outside_elementwise = out.outside_elementwise
 
 
 def resolve_plan(
@@ -247,24 +274,125 @@ def decode(
         k_cache[b, :, n_tok - 1] = k_row
         v_cache[b, :, n_tok - 1] = v_row
 
-    report = LayerReport(
-        phase="decode", platform=target.name, model=cfg.name, arch=str(timing.get("npuarch") or reports[0].get("npuarch")),
-        cost_model_arch=timing.get("cost_model_arch"), batch=batch, seq_lens=lens, plan=the_plan.as_dict(),
-        sim_us=timing.get("sim_us"), aicore_cycles=timing.get("aicore_cycles"), total_cycles=timing.get("total_cycles"),
-        tasks=timing.get("tasks", {}), lanes=timing.get("lanes", {}), pipe_usage_pct=timing.get("pipe_usage_pct", {}),
-        compile_s=float(timing.get("compile_s", 0.0)), simulate_s=float(timing.get("simulate_s", 0.0)),
-        wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
-        verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
-        chunks=summaries, timing_from=timing_from, trace=timing.get("trace"), run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"),
-    )
+    report = _build_report("decode", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
     if check and before is not None:
         say("golden decode")
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
-        outs = compare(out, ref)
-        caches = [compare(k_cache, ref_k), compare(v_cache, ref_v)]
-        report.max_abs_err = outs.max_abs_err
-        report.cache_max_abs_err = max(c.max_abs_err for c in caches)
-        report.within_tolerance = outs.ok and all(c.ok for c in caches)
-        report.outside_elementwise = outs.outside_elementwise
-    return LayerResult(out, report)
+        _record_check(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+    return LayerResult(out, report, k_cache, v_cache)
 
+
+
+def prefill(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    weights: LayerWeights | Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    platform: str | None = None,
+    plan: TilingPlan | Mapping[str, int] | None = None,
+    check: bool = False,
+    keep: bool = False,
+    registry: PlatformRegistry | None = None,
+    progress: Progress | None = None,
+) -> LayerResult:
+    """Causal prefill of one Qwen3 layer on a platform.
+
+    hidden [B, S, H] bf16 is right-padded; seq_lens int32 [B] (1 <= L <= S). Returns
+    ``LayerResult(out [B, S, H] bf16 with rows >= seq_len zero, report, k_cache, v_cache)``; the
+    caches [B, KVH, MAX_SEQ, D] are the caller's (written in place at rows 0..seq_len-1 only)
+    or allocated zero with the config's ``max_seq``. Only real tokens reach the kernel (the
+    host packs them), so padding costs nothing. Checked runs are split by sequences into worker
+    chunks under ``QWENLAYERS_WORKER_MEM_GB``.
+    """
+    say = progress or (lambda _msg: None)
+    cfg = as_config(config)
+    if (k_cache is None) != (v_cache is None):
+        raise InputError("pass both k_cache and v_cache, or neither (prefill then allocates them)")
+    batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 else 0
+    if k_cache is not None:
+        max_seq = contract.check_caches(cfg, k_cache, v_cache, batch, torch.bfloat16, contiguous=True)
+    else:
+        max_seq = cfg.max_seq
+    lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
+    w = LayerWeights.coerce(weights, cfg)
+    reg = registry or get_registry()
+    target = reg.select(platform, require_available=True)
+    run_cfg = cfg.with_max_seq(max_seq)
+    the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan)
+    st = the_plan.seq_tile
+    chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m)
+
+    from qwenlayers.runtime.worker import run_job
+
+    packed = packing.pack_layer(w)
+    if k_cache is None or v_cache is None:
+        shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
+        k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
+    out = torch.zeros_like(hidden)
+    written: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    reports: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    kept_dir = None
+
+    def job_inputs(start: int, stop: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        part = lens[start:stop]
+        x = torch.cat([hidden[b, :n] for b, n in zip(range(start, stop), part)])
+        cos, sin = packing.rope_rows(torch.cat([torch.arange(n) for n in part]), cfg.head_dim, cfg.rope_theta)
+        rows = cache_rows_needed(part, st)
+        kc, vc = _trimmed(k_cache[start:stop], rows), _trimmed(v_cache[start:stop], rows)
+        return ({"config": run_cfg, "plan": the_plan, "hidden": x, "weights": packed, "cos": cos, "sin": sin,
+                 "k_cache": kc, "v_cache": vc, "seq_lens": part}, kc, vc)
+
+    for n, chunk in enumerate(chunks, 1):
+        part = lens[chunk.start : chunk.stop]
+        inputs, kc, vc = job_inputs(chunk.start, chunk.stop)
+        say(f"prefill chunk {n}/{len(chunks)}: sequences {chunk.start}..{chunk.stop - 1}, {sum(part)} tokens")
+        result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1)
+        o = result.outputs
+        for name, before, after in (("k_cache", kc, o["k_cache"]), ("v_cache", vc, o["v_cache"])):
+            _check_rows_untouched(name, before, after, part, chunk.start)
+        offset = 0
+        for i, n_tok in enumerate(part):
+            b = chunk.start + i
+            out[b, :n_tok] = o["out"][offset : offset + n_tok]
+            written.append((b, o["k_cache"][i, :, :n_tok].clone(), o["v_cache"][i, :, :n_tok].clone()))
+            offset += n_tok
+        reports.append(result.report)
+        summaries.append(_chunk_summary(f"prefill sequences {chunk.start}..{chunk.stop - 1}", chunk.estimate_bytes,
+                                        part, result.report, result.wall_s))
+        kept_dir = result.kept_dir or kept_dir
+    wall_total = sum(s["wall_s"] for s in summaries)
+    timing, timing_from = reports[0], "values run"
+    if len(chunks) > 1:
+        say(f"whole-batch cost-model run ({batch} sequences, no values)")
+        whole = run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
+        timing, timing_from = whole.report, "whole-batch cost-model run"
+        wall_total += whole.wall_s
+
+    before = (k_cache.clone(), v_cache.clone()) if check else None
+    for b, k_rows, v_rows in written:  # all workers succeeded: rows 0..seq_len-1 only
+        k_cache[b, :, : k_rows.shape[1]] = k_rows
+        v_cache[b, :, : v_rows.shape[1]] = v_rows
+    report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
+    if check and before is not None:
+        say("golden prefill")
+        ref, ref_k, ref_v = golden.prefill(cfg, w, hidden, seq_lens, max_seq=max_seq)
+        keep_mask = torch.ones(k_cache.shape[2], dtype=torch.bool)
+        for b, n_tok in enumerate(lens):
+            keep_mask[:] = True
+            keep_mask[:n_tok] = False
+            ref_k[b][:, keep_mask] = before[0][b][:, keep_mask]  # the golden allocates zero caches;
+            ref_v[b][:, keep_mask] = before[1][b][:, keep_mask]  # rows past seq_len are the caller's
+        cache_cmp = [compare(k_cache, ref_k), compare(v_cache, ref_v)]
+        _record_check(report, compare(out, ref), cache_cmp)
+    return LayerResult(out, report, k_cache, v_cache)
+
+
+def _check_rows_untouched(name: str, before: torch.Tensor, after: torch.Tensor, lens: list[int], offset: int) -> None:
+    """Prefill may write rows 0..seq_len-1 only; anything past them must come back bit-identical."""
+    for i, n in enumerate(lens):
+        if not torch.equal(before[i, :, n:], after[i, :, n:]):
+            raise KernelError(f"the prefill kernel changed {name} rows at or past seq_len={n} of sequence {offset + i}; nothing was written back")

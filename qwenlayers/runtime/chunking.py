@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
+from qwenlayers.errors import InputError
 
 GIB = 1024**3
 #: Default budget per worker process; ``QWENLAYERS_WORKER_MEM_GB`` overrides it.
@@ -112,3 +113,41 @@ def split_decode(config: Qwen3Config, lens: list[int], seq_tile: int, mlp_step: 
     while mlp_estimate(config, inter // shards) > limit and inter % (2 * shards * mlp_step) == 0:
         shards *= 2
     return DecodeSplit("attention", _chunks(config, lens, seq_tile, "attention", limit), shards, mlp_estimate(config, inter // shards))
+
+
+def prefill_estimate(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> int:
+    """Estimated peak bytes of one worker computing prefill values for sequences ``lens``.
+
+    The projection loops run once per token tile, and each call captures the whole weights
+    and activations it views; the attention loop captures the K/V workspaces and caches per
+    block iteration."""
+    h, d, kvh = config.hidden_size, config.head_dim, config.num_key_value_heads
+    tokens = sum(lens)
+    tiles = -(-tokens // token_tile)
+    act = tokens * (2 * h + 2 * config.q_width + 2 * config.kv_width) * 2  # x, out, q, attn, k, v workspaces
+    cache = 2 * len(lens) * kvh * cache_rows_needed(lens, seq_tile) * d * 2
+    blocks = sum(kvh * (q + 1) for n in lens for q in range(-(-n // seq_tile)))
+    captured = tiles * (config.weight_bytes() + act) + blocks * (act + cache)
+    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + CAPTURE_FACTOR * captured)
+
+
+def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *, budget: int | None = None) -> list[Chunk]:
+    """Contiguous chunks of sequences under the budget. A sequence that alone exceeds it is
+    refused: its prefill is one program and cannot be cut further here."""
+    limit = budget_bytes() if budget is None else budget
+    chunks: list[Chunk] = []
+    start = 0
+    while start < len(lens):
+        alone = prefill_estimate(config, lens[start : start + 1], seq_tile, token_tile)
+        if alone > limit:
+            raise InputError(
+                f"a checked prefill of seq_len {lens[start]} on {config.name} needs about {alone / GIB:.1f} GB in one worker "
+                f"(pypto 0.2.0 keeps every loop call's inputs to produce values on a CPU); the budget is {limit / GIB:.1f} GB. "
+                "Raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory, or use a shorter sequence"
+            )
+        stop = start + 1
+        while stop < len(lens) and prefill_estimate(config, lens[start : stop + 1], seq_tile, token_tile) <= limit:
+            stop += 1
+        chunks.append(Chunk(start, stop, prefill_estimate(config, lens[start:stop], seq_tile, token_tile)))
+        start = stop
+    return chunks

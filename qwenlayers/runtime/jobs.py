@@ -104,3 +104,35 @@ def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.T
     with sim.quiet(ctx.log_path):
         kernel(resid, inputs["w_ln2"], inputs["w_gu"], w_down, part)
     return {"part": part}
+
+
+@job("prefill")
+def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
+    in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list).
+    Returns out [T, H] and the caches as the kernel left them."""
+    from qwenlayers.core.kernels.prefill import PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
+    from qwenlayers.runtime import sim
+
+    cfg, plan, lens = inputs["config"], inputs["plan"], inputs["seq_lens"]
+    x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
+    batch, kvh, rows, d = k_cache.shape
+    work = torch.tensor(work_items(lens, plan.seq_tile), dtype=torch.int32)
+    n_real = x.shape[0]
+    n_tok = padded_tokens(plan, n_real)
+    pad = n_tok - n_real
+    x = torch.cat([x, torch.zeros(pad, x.shape[1], dtype=x.dtype)])
+    cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (inputs["cos"], inputs["sin"]))
+    shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
+    kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options())
+    w = inputs["weights"]
+    ws = {name: torch.zeros(n_tok, width, dtype=x.dtype) for name, width in
+          (("q", cfg.q_width), ("k", cfg.kv_width), ("v", cfg.kv_width), ("attn", cfg.q_width))}
+    out = torch.zeros_like(x)
+    kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
+    args = [x, w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"], w["w_ln2"], w["w_gu"], w["w_down"],
+            cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size),
+            ws["q"], ws["k"], ws["v"], ws["attn"], out]
+    with sim.quiet(ctx.log_path):
+        kernel(*args)
+    return {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}

@@ -55,7 +55,7 @@ def decode_weight_layout(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
     }
 
 
-class _Tiles:
+class LayerTiles:
     """The plan's values turned into pypto tile shapes for one build."""
 
     def __init__(self, plan: TilingPlan, config: Qwen3Config, rows: int) -> None:
@@ -73,7 +73,7 @@ class _Tiles:
         self.q_head_batch = p.q_head_batch
 
 
-def project_qkv(cfg: Qwen3Config, t: _Tiles, b_rows: int, eps: float, x: Any, w: dict[str, Any], cos: Any, sin: Any) -> Any:
+def project_qkv(cfg: Qwen3Config, t: LayerTiles, b_rows: int, eps: float, x: Any, w: dict[str, Any], cos: Any, sin: Any) -> Any:
     """Steps 1-3: returns (q_groups [B*KVH, G, D], k_new [B*KVH, 1, D], v_new [B*KVH, 1, D]), bf16."""
     import pypto
 
@@ -97,7 +97,7 @@ def project_qkv(cfg: Qwen3Config, t: _Tiles, b_rows: int, eps: float, x: Any, w:
     return q_groups, k_new, v_new
 
 
-def mlp_half(cfg: Qwen3Config, t: _Tiles, eps: float, residual: Any, w: dict[str, Any], inter: int, fp32_out: bool = False) -> Any:
+def mlp_half(cfg: Qwen3Config, t: LayerTiles, eps: float, residual: Any, w: dict[str, Any], inter: int, fp32_out: bool = False) -> Any:
     """Step 6 up to reduction point 2 over ``inter`` intermediate columns (all of them, or one
     shard's): the (partial) down_proj output [rows, H]."""
     import pypto
@@ -111,7 +111,7 @@ def mlp_half(cfg: Qwen3Config, t: _Tiles, eps: float, residual: Any, w: dict[str
     return blocks.linear(act, w["w_down"], t.down, fp32_out=fp32_out)
 
 
-def _flash_decode_fn(cfg: Qwen3Config, t: _Tiles, shape: DecodeShape) -> Any:
+def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any:
     """The cache write and flash-decode loop as a pypto inline function (``@pypto.frontend.function``):
     pypto's frontend parses loops and ``if`` on loop state only in parsed bodies, and this one
     body is shared by every program that runs the attention."""
@@ -200,7 +200,7 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
     cfg, eps = config, config.rms_norm_eps
     b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
     lay = decode_weight_layout(cfg)
-    t = _Tiles(plan, cfg, b_rows)
+    t = LayerTiles(plan, cfg, b_rows)
     flash_decode = _flash_decode_fn(cfg, t, shape)
 
     @pypto.frontend.jit(**jit_options)
@@ -252,7 +252,7 @@ def build_decode_attention(config: Qwen3Config, shape: DecodeShape, plan: Tiling
     cfg, eps = config, config.rms_norm_eps
     b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
     lay = decode_weight_layout(cfg)
-    t = _Tiles(plan, cfg, b_rows)
+    t = LayerTiles(plan, cfg, b_rows)
     flash_decode = _flash_decode_fn(cfg, t, shape)
 
     @pypto.frontend.jit(**jit_options)
@@ -290,7 +290,7 @@ def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPla
 
     bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
     cfg, eps, h = config, config.rms_norm_eps, config.hidden_size
-    t = _Tiles(plan, cfg, rows)
+    t = LayerTiles(plan, cfg, rows)
 
     @pypto.frontend.jit(**jit_options)
     def qwen3_decode_mlp(

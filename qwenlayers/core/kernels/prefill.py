@@ -1,0 +1,201 @@
+"""The Qwen3 prefill layer as one pypto program over packed tokens.
+
+The host packs the valid tokens of all sequences into T = sum(seq_lens) rows (no padding
+rows reach the kernel), so every stage costs in proportion to real tokens. Three loops:
+
+A. token tiles of ``cube_m`` rows: input RMSNorm, Q and fused K|V projections, q_norm/k_norm,
+   RoPE (cos/sin rows per token, gathered on the host from the golden's table); results go to
+   GM workspaces (arguments: a tensor written in one loop and read in another must be, see
+   ``pypto-loop-results-through-gm``);
+B. work items, one per (sequence, query tile of SEQ_TILE tokens), listed by the host from
+   ``seq_lens`` (so a short sequence in a long batch costs only its own tiles): write the
+   tile's K/V rows into the cache (rows 0..seq_len-1 only, via ``valid_shape``), then causal
+   GQA flash attention over key blocks 0..qt with online softmax. The query tile and the key
+   block are the same size, so only the last block (the diagonal) needs the causal mask; it
+   is picked by a symbolic view offset (zero mask for earlier blocks), and the online-softmax
+   state is carried across every block up to the diagonal — the cross-block reduction that
+   pypto-lib reference 004 skipped cannot be skipped here because the trip count *is* qt+1.
+   Rows past seq_len are excluded by ``valid_shape`` on the key/value blocks and queries;
+C. token tiles again: o_proj (reduction point 1), residual, post-attention RMSNorm, gate|up,
+   SiLU·up, down_proj (reduction point 2), residual.
+"""
+
+# No `from __future__ import annotations`: pypto reads real annotation objects in jit functions.
+
+from dataclasses import dataclass
+from typing import Any
+
+from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.kernels import blocks
+from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, project_qkv
+from qwenlayers.core.tiling import TilingPlan
+
+#: Columns of one work item: sequence index, its length, its first packed row, query tile index.
+WORK_COLUMNS = ("seq", "length", "offset", "q_tile")
+
+
+@dataclass(frozen=True)
+class PrefillShape:
+    """Static shape of one prefill build (all derived on the host from ``seq_lens``)."""
+
+    tokens: int  # packed rows: sum(seq_lens), padded by the host to whole token tiles
+    work_items: int  # sum(ceil(seq_len / SEQ_TILE))
+    batch: int
+    cache_rows: int  # rows per (sequence, KV head) in the cache arguments
+
+
+def build_prefill(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+    """A jit kernel for the prefill of packed tokens.
+
+    Arguments: x [T, H], the :func:`decode_weight_layout` tensors, cos/sin [T, 1, D] fp32,
+    k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b),
+    work [NW, 4] int32 (:data:`WORK_COLUMNS`), mask [2*ST*G, ST] fp32 (zeros, then the causal
+    mask of a diagonal block with rows ordered (token, group head)), workspaces q [T, NH*D],
+    k [T, KVH*D], v [T, KVH*D], attn [T, NH*D], and out [T, H].
+    """
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    cfg, eps = config, config.rms_norm_eps
+    n_tok, nw, b_rows, rows = shape.tokens, shape.work_items, shape.batch, shape.cache_rows
+    h, d, kvh, g = cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
+    qw, kw = cfg.q_width, cfg.kv_width
+    lay = decode_weight_layout(cfg)
+    tt = token_tile(plan, n_tok)  # tokens per projection tile
+    n_tiles = n_tok // tt
+    t = LayerTiles(plan, cfg, tt)
+    st, qhb, scale = plan.seq_tile, plan.q_head_batch, d**-0.5
+    qrows = st * g  # query rows of one KV head in one query tile, ordered (token, group head)
+    cube_m = min(plan.cube_m, qrows)
+
+    @pypto.frontend.jit(**jit_options)
+    def qwen3_prefill_layer(
+        x: pypto.Tensor((n_tok, h), bf16),
+        w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
+        w_q: pypto.Tensor(lay["w_q"], bf16),
+        w_kv: pypto.Tensor(lay["w_kv"], bf16),
+        w_qn: pypto.Tensor(lay["w_qn"], bf16),
+        w_kn: pypto.Tensor(lay["w_kn"], bf16),
+        w_o: pypto.Tensor(lay["w_o"], bf16),
+        w_ln2: pypto.Tensor(lay["w_ln2"], bf16),
+        w_gu: pypto.Tensor(lay["w_gu"], bf16),
+        w_down: pypto.Tensor(lay["w_down"], bf16),
+        cos: pypto.Tensor((n_tok, 1, d), fp32),
+        sin: pypto.Tensor((n_tok, 1, d), fp32),
+        k_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        v_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        work: pypto.Tensor((nw, len(WORK_COLUMNS)), i32),
+        mask: pypto.Tensor((2 * qrows, st), fp32),
+        q_ws: pypto.Tensor((n_tok, qw), bf16),
+        k_ws: pypto.Tensor((n_tok, kw), bf16),
+        v_ws: pypto.Tensor((n_tok, kw), bf16),
+        attn: pypto.Tensor((n_tok, qw), bf16),
+        out: pypto.Tensor((n_tok, h), bf16),
+    ):
+        w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
+             "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
+        # A. projections, norms and RoPE per token tile
+        for i in pypto.loop(n_tiles, name="LOOP_tok_qkv", idx_name="i"):
+            xt = pypto.view(x, [tt, h], [i * tt, 0])
+            ct = pypto.view(cos, [tt, 1, d], [i * tt, 0, 0])
+            sn = pypto.view(sin, [tt, 1, d], [i * tt, 0, 0])
+            q_groups, k_new, v_new = project_qkv(cfg, t, tt, eps, xt, w, ct, sn)
+            pypto.set_vec_tile_shapes(t.rows, d)
+            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(q_groups, [tt, qw]), fp32), bf16), [i * tt, 0], q_ws)
+            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(k_new, [tt, kw]), fp32), bf16), [i * tt, 0], k_ws)
+            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(v_new, [tt, kw]), fp32), bf16), [i * tt, 0], v_ws)
+        # B. cache write and causal flash attention per (sequence, query tile)
+        for wi in pypto.loop(nw, name="LOOP_work", idx_name="wi"):
+            b = work[wi, 0]
+            length = work[wi, 1]
+            off = work[wi, 2]
+            qt = work[wi, 3]
+            qvalid = (length - qt * st).min(st)
+            for hk in range(kvh):
+                base = (b * kvh + hk) * rows
+                pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], k_cache)
+                pypto.assemble(pypto.view(v_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], v_cache)
+                pypto.set_vec_tile_shapes(qhb, d)
+                qv = pypto.reshape(pypto.view(q_ws, [st, g * d], [off + qt * st, hk * g * d]), [qrows, d])
+                qv = pypto.cast(pypto.cast(qv, fp32), bf16)  # materialise the strided tile (a real op)
+                acc = pypto.tensor([qrows, d], fp32, "acc")
+                m_i = pypto.tensor([qrows, 1], fp32, "m_i")
+                l_i = pypto.tensor([qrows, 1], fp32, "l_i")
+                for blk in pypto.loop(qt + 1, name="LOOP_kv", idx_name="blk"):
+                    kvalid = (length - blk * st).min(st)
+                    kb = pypto.view(k_ws, [st, d], [off + blk * st, hk * d], valid_shape=[kvalid, d])
+                    vb = pypto.view(v_ws, [st, d], [off + blk * st, hk * d], valid_shape=[kvalid, d])
+                    pypto.set_cube_tile_shapes([cube_m, cube_m], [d, d], [st, st])
+                    s = pypto.matmul(qv, kb, fp32, b_trans=True)  # [ST*G, ST]
+                    s = pypto.view(s, [qrows, st], [0, 0], valid_shape=[qrows, kvalid])
+                    pypto.set_vec_tile_shapes(qhb, st)
+                    # (blk + 1) // (qt + 1) is 1 on the diagonal block only: the causal half of `mask`
+                    mk = pypto.view(mask, [qrows, st], [((blk + 1) // (qt + 1)) * qrows, 0], valid_shape=[qrows, kvalid])
+                    s = s * scale + mk
+                    m_blk = pypto.amax(s, -1, keepdim=True)
+                    if pypto.is_loop_begin(blk):
+                        p = pypto.exp(s - m_blk)
+                        l_i[:] = pypto.sum(p, -1, keepdim=True)
+                        m_i[:] = m_blk
+                        pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
+                        o = pypto.matmul(pypto.cast(p, bf16), vb, fp32)
+                        pypto.set_vec_tile_shapes(qhb, d)
+                        acc[:] = o
+                    else:
+                        m_new = pypto.maximum(m_i, m_blk)
+                        p = pypto.exp(s - m_new)
+                        alpha = pypto.exp(m_i - m_new)
+                        l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
+                        m_i[:] = m_new
+                        pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
+                        o = pypto.matmul(pypto.cast(p, bf16), vb, fp32)
+                        pypto.set_vec_tile_shapes(qhb, d)
+                        acc[:] = acc * alpha + o
+                    if pypto.is_loop_end(blk):
+                        res = pypto.reshape(acc / l_i, [st, g * d])
+                        pypto.set_vec_tile_shapes(t.rows, d)
+                        res = pypto.cast(pypto.view(res, [st, g * d], [0, 0], valid_shape=[qvalid, g * d]), bf16)
+                        pypto.assemble(res, [off + qt * st, hk * g * d], attn)
+        # C. o_proj, residual, MLP, residual per token tile
+        for i in pypto.loop(n_tiles, name="LOOP_tok_mlp", idx_name="i"):
+            xt = pypto.view(x, [tt, h], [i * tt, 0])
+            at = pypto.view(attn, [tt, qw], [i * tt, 0])
+            o_part = blocks.linear(at, w_o, t.o_proj)
+            # reduction point 1: a tensor-parallel build all-reduces o_part here
+            pypto.set_vec_tile_shapes(*t.hidden_vec)
+            resid = blocks.residual_add(xt, o_part)
+            down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
+            # reduction point 2: a tensor-parallel build all-reduces down_part here
+            pypto.set_vec_tile_shapes(*t.hidden_vec)
+            pypto.assemble(blocks.residual_add(resid, down_part), [i * tt, 0], out)
+
+    return qwen3_prefill_layer
+
+
+def token_tile(plan: TilingPlan, tokens: int) -> int:
+    """Tokens per projection tile: the cube's M tile, or all tokens when there are fewer."""
+    return min(plan.cube_m, tokens)
+
+
+def padded_tokens(plan: TilingPlan, tokens: int) -> int:
+    """Packed rows the host passes: ``tokens`` rounded up to whole token tiles (the padding rows
+    are computed and dropped, so loops A and C need no partial tiles)."""
+    tt = token_tile(plan, tokens)
+    return -(-tokens // tt) * tt
+
+
+def work_items(lens: list[int], seq_tile: int) -> list[list[int]]:
+    """One row per (sequence, query tile): :data:`WORK_COLUMNS`."""
+    items, offset = [], 0
+    for b, n in enumerate(lens):
+        items.extend([b, n, offset, qt] for qt in range(-(-n // seq_tile)))
+        offset += n
+    return items
+
+
+def causal_mask(seq_tile: int, group: int) -> Any:
+    """[2*ST*G, ST] fp32: zeros, then the diagonal block's mask with rows ordered (token, head)."""
+    import torch
+
+    tri = torch.triu(torch.full((seq_tile, seq_tile), -1e30), 1).repeat_interleave(group, 0)
+    return torch.cat([torch.zeros(seq_tile * group, seq_tile), tri]).float().contiguous()

@@ -1,0 +1,150 @@
+"""The prefill layer kernel on the platform under test, against the golden math.
+
+A small SEQ_TILE (16) keeps multi-block cases fast: lengths 1, TOK_TILE±1, SEQ_TILE-1,
+SEQ_TILE, SEQ_TILE+1, 2*SEQ_TILE+17 and MAX_SEQ share one batch. The caller's cache rows past
+each length are poisoned and must come back bit-identical.
+"""
+
+import pytest
+import torch
+
+import qwenlayers
+from qwenlayers import golden
+from qwenlayers.core.compare import compare
+from qwenlayers.core.config import preset
+from qwenlayers.errors import InputError
+from qwenlayers.runtime import chunking
+
+SEQ_TILE = 16
+
+
+def fp32_truth(cfg, weights, hidden, seq_lens):
+    w32 = qwenlayers.LayerWeights(cfg, {k: v.float() for k, v in weights.tensors.items()})
+    return golden.prefill(cfg, w32, hidden.float(), seq_lens)[0]
+
+
+def run_and_check(platform, cfg, lens, *, seed=0, given_caches=True, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    weights = qwenlayers.LayerWeights.random(cfg, seed=seed)
+    b, s = len(lens), max(lens)
+    hidden = torch.randn(b, s, cfg.hidden_size, generator=gen).bfloat16()
+    for i, n in enumerate(lens):
+        hidden[i, n:] = 50.0  # padding: must not leak into anything
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    caches = {}
+    if given_caches:
+        shape = (b, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
+        caches = {"k_cache": torch.full(shape, 30.0).bfloat16(), "v_cache": torch.full(shape, -7.0).bfloat16()}
+    before = {k: v.clone() for k, v in caches.items()}
+    h0 = hidden.clone()
+    result = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=platform.name, plan={"SEQ_TILE": SEQ_TILE},
+                                check=True, **caches, **kwargs)
+    assert torch.equal(hidden, h0)
+    ref, ref_k, ref_v = golden.prefill(cfg, weights, hidden, seq_lens, max_seq=cfg.max_seq)
+    out = result.out
+    assert out.shape == hidden.shape and out.dtype == torch.bfloat16
+    valid = torch.zeros(b, s, dtype=torch.bool)
+    for i, n in enumerate(lens):
+        valid[i, :n] = True
+    assert (out[~valid] == 0).all(), "padding rows must be zero"
+    c = compare(out[valid], ref[valid])
+    assert c.ok, c
+    truth = fp32_truth(cfg, weights, hidden, seq_lens)
+    kernel_err = (out[valid].float() - truth[valid]).abs().mean().item()
+    golden_err = (ref[valid].float() - truth[valid]).abs().mean().item()
+    assert kernel_err <= 1.25 * golden_err, (kernel_err, golden_err)
+    for i, n in enumerate(lens):
+        assert compare(result.k_cache[i, :, :n], ref_k[i, :, :n]).ok and compare(result.v_cache[i, :, :n], ref_v[i, :, :n]).ok
+        if given_caches:
+            assert result.k_cache is caches["k_cache"]  # written in place
+            assert torch.equal(result.k_cache[i, :, n:], before["k_cache"][i, :, n:])
+            assert torch.equal(result.v_cache[i, :, n:], before["v_cache"][i, :, n:])
+        else:
+            assert (result.k_cache[i, :, n:] == 0).all() and (result.v_cache[i, :, n:] == 0).all()
+    r = result.report
+    assert r.phase == "prefill" and r.within_tolerance and r.sim_us > 0 and r.tasks["AIC"] > 0
+    return result
+
+
+@pytest.mark.sim
+def test_prefill_edge_lengths_in_one_batch(runnable_platform):
+    cfg = preset("tiny-mha")  # MAX_SEQ 128
+    plan = qwenlayers.plan(cfg, "prefill", platform=runnable_platform.name)
+    tok = plan.tok_tile
+    lens = [1, tok - 1, tok + 1, SEQ_TILE - 1, SEQ_TILE, SEQ_TILE + 1, 2 * SEQ_TILE + 17, cfg.max_seq]
+    result = run_and_check(runnable_platform, cfg, lens)
+    assert result.report.plan["seq_tile"] == SEQ_TILE
+
+
+@pytest.mark.sim
+def test_prefill_gqa8_allocates_the_caches(runnable_platform):
+    cfg = preset("tiny-gqa8")  # 8 query heads per KV head, heads x head_dim 256 != hidden 128
+    result = run_and_check(runnable_platform, cfg, [7, 40], seed=2, given_caches=False)
+    assert result.k_cache.shape == (2, 1, cfg.max_seq, cfg.head_dim)
+
+
+@pytest.mark.sim
+def test_prefill_then_decode_steps_match_golden_prefill_and_decode(runnable_platform):
+    cfg = preset("tiny")
+    weights = qwenlayers.LayerWeights.random(cfg, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    lens = [5, 17, 33]
+    hidden = torch.randn(3, max(lens), cfg.hidden_size, generator=gen).bfloat16()
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    pre = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan={"SEQ_TILE": SEQ_TILE})
+    _, gk, gv = golden.prefill(cfg, weights, hidden, seq_lens, max_seq=cfg.max_seq)
+    k_cache, v_cache = pre.k_cache, pre.v_cache
+    for step in range(2):
+        seq_lens = seq_lens + 1
+        x = torch.randn(3, cfg.hidden_size, generator=gen).bfloat16()
+        ref, gk, gv = golden.decode(cfg, weights, x, gk, gv, seq_lens)
+        res = qwenlayers.decode(cfg, weights, x, k_cache, v_cache, seq_lens, platform=runnable_platform.name)
+        assert compare(res.out, ref).ok, (step, compare(res.out, ref))
+        for i, n in enumerate(seq_lens.tolist()):
+            assert compare(k_cache[i, :, :n], gk[i, :, :n]).ok and compare(v_cache[i, :, :n], gv[i, :, :n]).ok
+
+
+@pytest.mark.sim
+def test_prefill_over_budget_runs_sequences_in_separate_workers(runnable_platform, monkeypatch):
+    cfg = preset("tiny-mha")
+    plan = qwenlayers.plan(cfg, "prefill", platform=runnable_platform.name, overrides={"SEQ_TILE": SEQ_TILE})
+    longest = chunking.prefill_estimate(cfg, [40], SEQ_TILE, plan.cube_m)
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", str((longest + 1) / chunking.GIB))
+    result = run_and_check(runnable_platform, cfg, [3, 40, 9], seed=5)
+    assert len(result.report.chunks) > 1 and result.report.timing_from == "whole-batch cost-model run"
+
+
+# ---------------------------------------------------------------- refused before any work
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(hidden=a["hidden"][0]), r"prefill hidden must be \[batch, seq, 128\]"),
+        (lambda a: a.update(hidden=a["hidden"].float()), r"hidden has dtype torch.float32; allowed: torch.bfloat16"),
+        (lambda a: a.update(seq_lens=torch.tensor([0, 4], dtype=torch.int32)), r"seq_lens\[0\]=0; .* 1 <= seq_len <= 8"),
+        (lambda a: a.update(seq_lens=torch.tensor([9, 4], dtype=torch.int32)), r"seq_lens\[0\]=9; .* 1 <= seq_len <= 8"),
+        (lambda a: a.update(k_cache=torch.zeros(2, 2, 4, 64).bfloat16(), v_cache=torch.zeros(2, 2, 4, 64).bfloat16()),
+         r"8 positions but max_seq=4"),
+        (lambda a: a.update(k_cache=torch.zeros(2, 2, 16, 64).bfloat16()), r"pass both k_cache and v_cache, or neither"),
+        (lambda a: a.update(k_cache=torch.zeros(2, 2, 16, 64).bfloat16(), v_cache=torch.zeros(2, 2, 16, 32).bfloat16()),
+         r"v_cache has shape \(2, 2, 16, 32\), expected \(2, 2, 16, 64\)"),
+    ],
+)
+def test_bad_prefill_input_is_refused_and_nothing_changes(change, message):
+    cfg = preset("tiny-mha")
+    args = {"hidden": torch.randn(2, 8, cfg.hidden_size).bfloat16(), "seq_lens": torch.tensor([8, 4], dtype=torch.int32)}
+    change(args)
+    before = {k: v.clone() for k, v in args.items()}
+    with pytest.raises(InputError, match=message):
+        qwenlayers.prefill(cfg, qwenlayers.LayerWeights.random(cfg), platform="a5sim", **args)
+    for k, v in args.items():
+        assert torch.equal(v, before[k]), f"{k} was modified by a refused call"
+
+
+def test_a_sequence_too_big_for_one_worker_is_refused_with_the_figures(monkeypatch):
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", "0.5")
+    cfg = preset("tiny-mha")
+    with pytest.raises(InputError, match=r"checked prefill of seq_len 128 on tiny-mha needs about .* GB .* budget is 0.5 GB"):
+        qwenlayers.prefill(cfg, qwenlayers.LayerWeights.random(cfg), torch.randn(1, 128, cfg.hidden_size).bfloat16(),
+                           torch.tensor([128], dtype=torch.int32), platform="a5sim")

@@ -271,6 +271,7 @@ def run(
     layer: int = typer.Option(0, "--layer", help="Layer index to load with --weights."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, e.g. --tile SEQ_TILE=32 (repeatable)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
+    cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -311,12 +312,12 @@ def run(
                 shape = (n, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
                 k_cache = torch.randn(shape, generator=gen).bfloat16()
                 v_cache = torch.randn(shape, generator=gen).bfloat16()
-                result = decode(cfg, w, hidden, k_cache, v_cache, sl, platform=platform, plan=overrides, check=check,
-                                keep=keep, progress=progress)
+                result = decode(cfg, w, hidden, k_cache, v_cache, sl, platform=platform, plan=overrides,
+                                check=check and not cost_model_only, keep=keep, values=not cost_model_only, progress=progress)
             else:
                 hidden = torch.randn(n, max(lens), cfg.hidden_size, generator=gen).bfloat16()
-                result = prefill(cfg, w, hidden, sl, platform=platform, plan=overrides, check=check, keep=keep,
-                                 progress=progress)
+                result = prefill(cfg, w, hidden, sl, platform=platform, plan=overrides, check=check and not cost_model_only,
+                                 keep=keep, values=not cost_model_only, progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report

@@ -66,7 +66,7 @@ class LayerReport:
 
 @dataclass
 class LayerResult:
-    out: torch.Tensor
+    out: torch.Tensor | None  # None for a cost-model-only run (values=False)
     report: LayerReport
     k_cache: torch.Tensor | None = None  # the caches written (the caller's, or allocated by prefill)
     v_cache: torch.Tensor | None = None
@@ -88,6 +88,13 @@ def _build_report(
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
         run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"),
     )
+
+
+def _cost_model_only(phase: Phase, target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, lens: list[int],
+                     plan: TilingPlan, whole: Any) -> LayerResult:
+    report = _build_report(phase, target, reg, cfg, lens, plan, whole.report, "cost-model run (no values)", [whole.report],
+                           [], whole.wall_s, whole.kept_dir)
+    return LayerResult(None, report)
 
 
 def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]) -> None:
@@ -187,6 +194,7 @@ def decode(
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     keep: bool = False,
+    values: bool = True,
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -202,6 +210,9 @@ def decode(
     sequence of the whole layer would not fit (qwen3-32b), the attention half per chunk and
     the MLP half in intermediate shards (runtime/chunking.py). The timing figures then come
     from one extra whole-batch cost-model run of the one-program layer.
+
+    ``values=False`` runs only that cost-model run (cheap at any size): ``out`` is None and
+    the caches are not touched.
     """
     say = progress or (lambda _msg: None)
     cfg = as_config(config)
@@ -218,6 +229,17 @@ def decode(
 
     packed = packing.pack_layer(w)
     cos, sin = packing.rope_rows(torch.tensor(lens) - 1, cfg.head_dim, cfg.rope_theta)
+    if not values:
+        rows = cache_rows_needed(lens, st)
+        say(f"cost-model run ({len(lens)} sequences, no values)")
+        whole = run_job(
+            target, "decode",
+            {"config": run_cfg, "plan": the_plan, "hidden": hidden, "weights": packed, "cos": cos, "sin": sin,
+             "k_cache": _trimmed(k_cache, rows), "v_cache": _trimmed(v_cache, rows),
+             "seq_lens": torch.tensor(lens, dtype=torch.int32)},
+            registry=reg, values=False, keep=keep,
+        )
+        return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole)
     split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     chunks = split.chunks
     batch = len(lens)
@@ -295,6 +317,7 @@ def prefill(
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     keep: bool = False,
+    values: bool = True,
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -305,7 +328,8 @@ def prefill(
     caches [B, KVH, MAX_SEQ, D] are the caller's (written in place at rows 0..seq_len-1 only)
     or allocated zero with the config's ``max_seq``. Only real tokens reach the kernel (the
     host packs them), so padding costs nothing. Checked runs are split by sequences into worker
-    chunks under ``QWENLAYERS_WORKER_MEM_GB``.
+    chunks under ``QWENLAYERS_WORKER_MEM_GB``. ``values=False`` runs the cost model only (out
+    None, caches untouched), which is what full-size benchmarks can afford.
     """
     say = progress or (lambda _msg: None)
     cfg = as_config(config)
@@ -323,7 +347,7 @@ def prefill(
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan)
     st = the_plan.seq_tile
-    chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m)
+    chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m) if values else []
 
     from qwenlayers.runtime.worker import run_job
 
@@ -345,6 +369,11 @@ def prefill(
         kc, vc = _trimmed(k_cache[start:stop], rows), _trimmed(v_cache[start:stop], rows)
         return ({"config": run_cfg, "plan": the_plan, "hidden": x, "weights": packed, "cos": cos, "sin": sin,
                  "k_cache": kc, "v_cache": vc, "seq_lens": part}, kc, vc)
+
+    if not values:
+        say(f"cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
+        whole = run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
+        return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole)
 
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]

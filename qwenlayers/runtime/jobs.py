@@ -119,7 +119,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     batch, kvh, rows, d = k_cache.shape
     work = torch.tensor(work_items(lens, plan.seq_tile), dtype=torch.int32)
     n_real = x.shape[0]
-    n_tok = padded_tokens(plan, n_real)
+    n_tok = padded_tokens(plan, lens)
     pad = n_tok - n_real
     x = torch.cat([x, torch.zeros(pad, x.shape[1], dtype=x.dtype)])
     cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (inputs["cos"], inputs["sin"]))

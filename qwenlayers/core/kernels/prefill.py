@@ -177,11 +177,17 @@ def token_tile(plan: TilingPlan, tokens: int) -> int:
     return min(plan.cube_m, tokens)
 
 
-def padded_tokens(plan: TilingPlan, tokens: int) -> int:
-    """Packed rows the host passes: ``tokens`` rounded up to whole token tiles (the padding rows
-    are computed and dropped, so loops A and C need no partial tiles)."""
-    tt = token_tile(plan, tokens)
-    return -(-tokens // tt) * tt
+def padded_tokens(plan: TilingPlan, lens: list[int]) -> int:
+    """Packed rows the host passes: enough that every query tile and key block view of the last
+    sequence stays inside the workspaces (views are SEQ_TILE rows; ``valid_shape`` marks the
+    real ones), rounded up to whole token tiles so loops A and C need no partial tiles. The
+    padding rows are computed and dropped."""
+    need, offset = 0, 0
+    for n in lens:
+        need = max(need, offset + -(-n // plan.seq_tile) * plan.seq_tile)
+        offset += n
+    tt = token_tile(plan, need)
+    return -(-need // tt) * tt
 
 
 def work_items(lens: list[int], seq_tile: int) -> list[list[int]]:

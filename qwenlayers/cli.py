@@ -271,6 +271,7 @@ def run(
     layer: int = typer.Option(0, "--layer", help="Layer index to load with --weights."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, e.g. --tile SEQ_TILE=32 (repeatable)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
+    verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
     cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
@@ -313,11 +314,12 @@ def run(
                 k_cache = torch.randn(shape, generator=gen).bfloat16()
                 v_cache = torch.randn(shape, generator=gen).bfloat16()
                 result = decode(cfg, w, hidden, k_cache, v_cache, sl, platform=platform, plan=overrides,
-                                check=check and not cost_model_only, keep=keep, values=not cost_model_only, progress=progress)
+                                check=check and not cost_model_only, keep=keep, values=not cost_model_only,
+                                verify_passes=verify_passes, progress=progress)
             else:
                 hidden = torch.randn(n, max(lens), cfg.hidden_size, generator=gen).bfloat16()
                 result = prefill(cfg, w, hidden, sl, platform=platform, plan=overrides, check=check and not cost_model_only,
-                                 keep=keep, values=not cost_model_only, progress=progress)
+                                 keep=keep, values=not cost_model_only, verify_passes=verify_passes, progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report

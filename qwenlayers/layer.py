@@ -142,6 +142,7 @@ def _chunk_summary(what: str, estimate: int, lens: list[int], report: dict[str, 
 def _mlp_in_shards(
     target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, plan: TilingPlan, packed: dict[str, torch.Tensor],
     resid: torch.Tensor, split: DecodeSplit, reports: list[dict[str, Any]], summaries: list[dict[str, Any]], say: Progress,
+    verify_passes: bool,
 ) -> torch.Tensor:
     """The MLP half over the whole batch in ``split.mlp_shards`` intermediate shards; the host
     sums their fp32 partials (the all-reduce of reduction point 2), rounds once to bf16 as the
@@ -157,7 +158,7 @@ def _mlp_in_shards(
         say(f"decode MLP shard {k + 1}/{shards}: intermediate columns {cols.start}..{cols.stop - 1}")
         result = run_job(target, "decode_mlp",
                          {"config": cfg, "plan": plan, "resid": resid, "w_ln2": packed["w_ln2"], "w_gu": w_gu,
-                          "w_down": packed["w_down"][cols].contiguous()}, registry=reg)
+                          "w_down": packed["w_down"][cols].contiguous()}, registry=reg, verify_passes=verify_passes)
         total += result.outputs["part"]
         reports.append(result.report)
         summaries.append(_chunk_summary(f"mlp shard {k + 1}/{shards}", split.mlp_estimate_bytes, [], result.report, result.wall_s))
@@ -195,6 +196,7 @@ def decode(
     check: bool = False,
     keep: bool = False,
     values: bool = True,
+    verify_passes: bool = False,
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -212,7 +214,8 @@ def decode(
     from one extra whole-batch cost-model run of the one-program layer.
 
     ``values=False`` runs only that cost-model run (cheap at any size): ``out`` is None and
-    the caches are not touched.
+    the caches are not touched. ``verify_passes=True`` also checks pypto's default lowered
+    passes against its tensor graph (``report.verification``; slower).
     """
     say = progress or (lambda _msg: None)
     cfg = as_config(config)
@@ -260,7 +263,7 @@ def decode(
             {"config": run_cfg, "plan": the_plan, "part": split.part, "hidden": hidden[sl].contiguous(), "weights": packed,
              "cos": cos[sl].contiguous(), "sin": sin[sl].contiguous(), "k_cache": kc, "v_cache": vc,
              "seq_lens": torch.tensor(part, dtype=torch.int32)},
-            registry=reg, keep=keep and single,
+            registry=reg, keep=keep and single, verify_passes=verify_passes,
         )
         o = result.outputs
         _check_untouched("k_cache", kc, o["k_cache"], part, chunk.start)
@@ -273,7 +276,7 @@ def decode(
                                         part, result.report, result.wall_s))
         kept_dir = result.kept_dir or kept_dir
     if split.part == "attention":
-        out = _mlp_in_shards(target, reg, run_cfg, the_plan, packed, out, split, reports, summaries, say)
+        out = _mlp_in_shards(target, reg, run_cfg, the_plan, packed, out, split, reports, summaries, say, verify_passes)
     wall_total = sum(s["wall_s"] for s in summaries)
 
     timing, timing_from = reports[0], "values run"
@@ -318,6 +321,7 @@ def prefill(
     check: bool = False,
     keep: bool = False,
     values: bool = True,
+    verify_passes: bool = False,
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -379,7 +383,7 @@ def prefill(
         part = lens[chunk.start : chunk.stop]
         inputs, kc, vc = job_inputs(chunk.start, chunk.stop)
         say(f"prefill chunk {n}/{len(chunks)}: sequences {chunk.start}..{chunk.stop - 1}, {sum(part)} tokens")
-        result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1)
+        result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1, verify_passes=verify_passes)
         o = result.outputs
         for name, before, after in (("k_cache", kc, o["k_cache"]), ("v_cache", vc, o["v_cache"])):
             _check_rows_untouched(name, before, after, part, chunk.start)

@@ -170,3 +170,14 @@ def test_compare_scales_rtol_by_the_row_and_still_counts_elementwise_misses():
     wrong = ref.clone()
     wrong[0, 2] = 0.5
     assert not compare(wrong, ref).ok
+
+
+@pytest.mark.sim
+def test_lowered_pass_verification_verdicts_are_reported(runnable_platform):
+    cfg = preset("tiny-mha")
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [1, 70])
+    result = qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg, seed=7), hidden, k_cache, v_cache, seq_lens,
+                               platform=runnable_platform.name, verify_passes=True)
+    passes = result.report.verification["passes"]
+    assert any(name.endswith("CodegenPreproc") for name in passes), passes  # Pass_36 on A2A3, Pass_40 on A5
+    assert all(v["FAILED"] == 0 and v["PASS"] > 0 for v in passes.values()), passes

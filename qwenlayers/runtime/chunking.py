@@ -34,7 +34,10 @@ DEFAULT_BUDGET_GB = 10.0
 # workers came in above the first estimates (attention 7.27 GB vs 6.48, MLP shard 6.18 vs 5.54).
 CAPTURE_FACTOR = 3.8  # bytes kept per byte of a loop-body call's inputs (3.4 measured alone)
 WEIGHT_FACTOR = 15.0  # bytes of compile + capture per weight byte of a static program with values (13.5 measured)
-BASE_BYTES = int(0.6 * GIB)  # Python, torch, pypto, the calculator (~0.35 GB) plus margin
+BASE_BYTES = int(0.6 * GIB)
+# The cost model's own memory grows with the task count, i.e. with tokens x layer size: qwen3-0.6b
+# prefill cost-model runs peaked at 3.5 / 5.1 / 8.7 GB for 128 / 256 / 512 tokens.
+PREFILL_SIM_FACTOR = 0.45  # Python, torch, pypto, the calculator (~0.35 GB) plus margin
 
 
 def budget_bytes() -> int:
@@ -128,10 +131,13 @@ def prefill_estimate(config: Qwen3Config, lens: list[int], seq_tile: int, token_
     tokens = sum(lens)
     tiles = -(-tokens // token_tile)
     act = tokens * (2 * h + 2 * config.q_width + 2 * config.kv_width) * 2  # x, out, q, attn, k, v workspaces
+    kv_ws = tokens * 2 * config.kv_width * 2  # what a key-block iteration views: the K and V workspaces
     cache = 2 * len(lens) * kvh * cache_rows_needed(lens, seq_tile) * d * 2
+    work = sum(-(-n // seq_tile) for n in lens)
     blocks = sum(kvh * (q + 1) for n in lens for q in range(-(-n // seq_tile)))
-    captured = tiles * (config.weight_bytes() + act) + blocks * (act + cache)
-    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + CAPTURE_FACTOR * captured)
+    captured = tiles * (config.weight_bytes() + act) + work * (act + cache) + blocks * kv_ws
+    simulated = PREFILL_SIM_FACTOR * tokens * config.weight_bytes()
+    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + CAPTURE_FACTOR * captured + simulated)
 
 
 def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *, budget: int | None = None) -> list[Chunk]:

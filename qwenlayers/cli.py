@@ -1,4 +1,4 @@
-"""The ``qwenlayers`` command line: platforms, plan, smoke, run.
+"""The ``qwenlayers`` command line: platforms, plan, smoke, run, bench.
 
 Every qwenlayers error is printed as one clear message and mapped to an exit code:
 2 bad input or tiling, 3 platform problem (unknown, broken, unavailable), 4 kernel failure.
@@ -330,6 +330,67 @@ def run(
         out.print(_layer_table(f"{phase} on {rep.platform}{ok}", rep))
     if rep.within_tolerance is False:
         raise typer.Exit(4)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    from qwenlayers.errors import InputError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not a comma-separated list of ints, e.g. 1,4,16") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{what} {text!r} must list positive ints")
+    return values
+
+
+@app.command()
+def bench(
+    phase: str = typer.Option("decode", "--phase", help="decode or prefill."),
+    model: str = typer.Option("tiny", "--model", "-m", help="Preset name."),
+    batch: str = typer.Option("1", "--batch", "-b", help="Batch size(s), e.g. 1,4,16."),
+    seq_len: str = typer.Option("64", "--seq-len", help="Sequence length(s), e.g. 128,1024,4096."),
+    platform: list[str] = typer.Option([], "--platform", "-p", help="Target(s) (repeatable; default: the default platform)."),
+    check: bool = typer.Option(False, "--check", help="Checked runs (values + golden) instead of cost-model runs."),
+    results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+) -> None:
+    """Sweep a layer over sizes and platforms: simulated µs, tasks, pipes, FLOPs, bytes, roofline.
+
+    Appends one JSON record per point to <results>/bench.jsonl, keeps each point's Perfetto
+    trace beside it, and writes a PNG of µs and roofline fraction against size."""
+    from pathlib import Path
+
+    from qwenlayers.bench import run_bench
+
+    try:
+        batches, lens = _int_list(batch, "--batch"), _int_list(seq_len, "--seq-len")
+        with err.status("bench …") as status:
+            points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check,
+                                          results=Path(results) if results else None,
+                                          progress=lambda m: status.update(m + " …"))
+    except QwenlayersError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([p.record for p in points], indent=2, default=str))
+        return
+    table = Table(title=f"bench: {points[0].record['model']} {phase}")
+    for col in ("platform", "batch x seq_len", "sim µs", "tasks AIC/AIV/HUB", "cube/vec/MTE_IN %", "GFLOP", "MB moved",
+                "roofline µs", "of roofline", "compile s", "peak GB"):
+        table.add_column(col, justify="left" if col == "platform" else "right")
+    for p in points:
+        r = p.record
+        pipes = r["pipe_usage_pct"]
+        table.add_row(p.platform, f"{p.batch} x {p.seq_len}", f"{r['sim_us']:.1f}",
+                      "/".join(str(r["tasks"].get(k, 0)) for k in ("AIC", "AIV", "HUB")),
+                      f"{pipes.get('Cube', 0):g}/{pipes.get('Vector', 0):g}/{pipes.get('MTE_IN', 0):g}",
+                      f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:.1f}", f"{r['roofline_us']:.2f} ({r['roofline_bound']})",
+                      f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}")
+    out.print(table)
+    out.print(f"history: {Path(points[0].record['trace']).parent / 'bench.jsonl' if points[0].record['trace'] else '-'}")
+    out.print(f"plot: {plot_path}")
+    out.print(f"Perfetto traces (open in ui.perfetto.dev): {', '.join(str(p.record['trace']) for p in points)}")
+    out.print(f"roofline: {points[0].record['roofline_source']}")
 
 
 def main() -> None:

@@ -1,0 +1,158 @@
+"""``qwenlayers bench``: sweep a layer over sizes and platforms, and say where the time goes.
+
+Each point is one cost-model run of the whole layer (``values=False``: cheap at any size that
+compiles) or, with ``check=True``, a checked run. A record per point is appended to
+``<results>/bench.jsonl`` (an append-only history), the Perfetto trace of each point is kept
+next to it, and a PNG plots simulated µs and the fraction of the roofline reached against
+size. The roofline here uses the platform descriptor's nominal HBM bandwidth and BF16 peak
+(``roofline_source`` says so in every record).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwenlayers.core.config import as_config
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.weights import LayerWeights
+from qwenlayers.core.work import layer_work
+from qwenlayers.errors import InputError
+from qwenlayers.registry import PlatformRegistry, get_registry
+
+
+def default_results_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("qwenlayers")) / "bench"
+
+
+@dataclass
+class BenchPoint:
+    platform: str
+    batch: int
+    seq_len: int
+    record: dict[str, Any]
+
+
+def _inputs(cfg: Any, phase: Phase, batch: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.full((batch,), seq_len, dtype=torch.int32)
+    if phase == "decode":
+        shape = (batch, cfg.num_key_value_heads, max(cfg.max_seq, seq_len), cfg.head_dim)
+        return {"hidden": torch.randn(batch, cfg.hidden_size, generator=gen).bfloat16(),
+                "k_cache": torch.randn(shape, generator=gen).bfloat16(), "v_cache": torch.randn(shape, generator=gen).bfloat16(),
+                "seq_lens": lens}
+    return {"hidden": torch.randn(batch, seq_len, cfg.hidden_size, generator=gen).bfloat16(), "seq_lens": lens}
+
+
+def roofline(platform: Platform, work: Any) -> tuple[float, str]:
+    """(µs, which bound) from the descriptor's nominal figures."""
+    bw = platform.hbm_bandwidth.value * 1e9
+    peak = platform.bf16_peak.value * 1e12
+    memory_us, compute_us = work.bytes / bw * 1e6, work.flops / peak * 1e6
+    return (memory_us, "memory") if memory_us >= compute_us else (compute_us, "compute")
+
+
+def run_bench(
+    phase: Phase,
+    model: str,
+    batches: Sequence[int],
+    seq_lens: Sequence[int],
+    platforms: Sequence[str | None],
+    *,
+    check: bool = False,
+    results: Path | None = None,
+    seed: int = 0,
+    registry: PlatformRegistry | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[BenchPoint], Path]:
+    """Run every (platform, batch, seq_len) point; returns the points and the plot's path."""
+    from qwenlayers.layer import decode, prefill
+
+    say = progress or (lambda _m: None)
+    if phase not in ("decode", "prefill"):
+        raise InputError(f"bench --phase {phase!r}; allowed: decode, prefill")
+    reg = registry or get_registry()
+    cfg = as_config(model)
+    weights = LayerWeights.random(cfg, seed=seed)
+    out_dir = results or default_results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    points: list[BenchPoint] = []
+    total = len(platforms) * len(batches) * len(seq_lens)
+    for name in platforms:
+        target = reg.select(name, require_available=True)
+        for batch in batches:
+            for seq_len in seq_lens:
+                say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name}: batch {batch}, seq_len {seq_len}")
+                args = _inputs(cfg, phase, batch, seq_len, seed)
+                run = decode if phase == "decode" else prefill
+                result = run(cfg, weights, **args, platform=target.name, check=check, values=check, keep=True, registry=reg)
+                rep = result.report
+                trace = _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{phase}-b{batch}-l{seq_len}")
+                work = layer_work(cfg, phase, [seq_len] * batch)
+                roof_us, bound = roofline(target, work)
+                record = {
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": cfg.name, "phase": phase, "platform": target.name,
+                    "batch": batch, "seq_len": seq_len, "sim_us": rep.sim_us, "total_cycles": rep.total_cycles,
+                    "tasks": rep.tasks, "pipe_usage_pct": rep.pipe_usage_pct, "compile_s": rep.compile_s,
+                    "simulate_s": rep.simulate_s, "peak_rss_mb": rep.peak_rss_mb, "flops": work.flops, "bytes": work.bytes,
+                    "roofline_us": roof_us, "roofline_bound": bound,
+                    "roofline_fraction": roof_us / rep.sim_us if rep.sim_us else None,
+                    "roofline_source": f"nominal: {target.hbm_bandwidth} ({target.hbm_bandwidth.source}); "
+                                       f"{target.bf16_peak} ({target.bf16_peak.source})",
+                    "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
+                    "within_tolerance": rep.within_tolerance,
+                }
+                with (out_dir / "bench.jsonl").open("a") as f:
+                    f.write(json.dumps(record, default=str) + "\n")
+                points.append(BenchPoint(target.name, batch, seq_len, record))
+    plot = plot_points(points, out_dir / f"{stamp}-{cfg.name}-{phase}.png", f"{cfg.name} {phase}")
+    return points, plot
+
+
+def _keep_trace(trace: str | None, run_dir: str | None, out_dir: Path, stem: str) -> Path | None:
+    """Keep the Perfetto trace next to the history; drop the rest of the run folder (pypto's
+    dumps are large and not asked for)."""
+    kept = None
+    if trace and Path(trace).exists():
+        kept = out_dir / f"{stem}.trace.json"
+        shutil.move(trace, kept)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return kept
+
+
+def plot_points(points: Sequence[BenchPoint], path: Path, title: str) -> Path:
+    """Simulated µs and roofline fraction against size (tokens per call), one line per platform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_f) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in sorted({p.platform for p in points}):
+        mine = sorted((p for p in points if p.platform == name), key=lambda p: (p.batch * p.seq_len, p.batch))
+        xs = [f"{p.batch}x{p.seq_len}" for p in mine]
+        ax_t.plot(xs, [p.record["sim_us"] for p in mine], marker="o", label=name)
+        ax_f.plot(xs, [100 * (p.record["roofline_fraction"] or 0) for p in mine], marker="o", label=name)
+    ax_t.set_ylabel("simulated µs")
+    ax_f.set_ylabel("% of nominal roofline")
+    for ax in (ax_t, ax_f):
+        ax.set_xlabel("batch x seq_len")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

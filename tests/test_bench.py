@@ -1,0 +1,49 @@
+"""`qwenlayers bench`: records, the plot, the traces; and the work counts behind the roofline."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from qwenlayers.cli import app
+from qwenlayers.core.config import preset
+from qwenlayers.core.work import layer_work
+
+runner = CliRunner()
+
+
+def test_layer_work_counts_by_hand():
+    cfg = preset("tiny")  # h256, i512, 4 heads / 2 KV heads of 64: q 256, kv 128
+    w = layer_work(cfg, "decode", [10, 30])
+    proj = 2 * 2 * (256 * (256 + 2 * 128) + 256 * 256 + 3 * 256 * 512)
+    assert w.flops == proj + 2 * 2 * 4 * 64 * 40
+    assert w.cache_bytes == 2 * 128 * 40 * 2 + 2 * 128 * 2 * 2
+    assert w.weight_bytes == cfg.weight_bytes() and w.activation_bytes == 2 * 2 * 256 * 2
+    p = layer_work(cfg, "prefill", [3])
+    assert p.flops == 2 * 3 * (256 * 512 + 256 * 256 + 3 * 256 * 512) + 2 * 2 * 4 * 64 * 6  # 6 causal pairs
+    assert p.roofline_us(1e12, 1e15) == pytest.approx(p.bytes / 1e12 * 1e6)  # tiny work: memory-bound
+
+
+@pytest.mark.sim
+def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path):
+    res = runner.invoke(app, ["bench", "--model", "tiny", "--batch", "1,2", "--seq-len", "64", "--platform",
+                              runnable_platform.name, "--results", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    records = json.loads(res.output)
+    history = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records] == [1, 2] and history == json.loads(json.dumps(records))
+    for r in records:
+        assert r["platform"] == runnable_platform.name and r["sim_us"] > 0 and r["tasks"]["AIC"] > 0
+        assert 0 < r["roofline_fraction"] < 1 and r["roofline_bound"] in ("memory", "compute")
+        assert r["flops"] > 0 and r["bytes"] > 0 and "nominal" in r["roofline_source"]
+        trace = json.loads(open(r["trace"]).read())  # a Perfetto/Chrome trace: JSON with events
+        assert trace
+    assert list(tmp_path.glob("*-tiny-decode.png"))
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # run folders are not kept, only the traces
+
+
+def test_bench_bad_sizes_exit_2():
+    res = runner.invoke(app, ["bench", "--batch", "1,x"])
+    assert res.exit_code == 2 and "comma-separated list of ints" in res.output
+    res = runner.invoke(app, ["bench", "--phase", "train"])
+    assert res.exit_code == 2 and "allowed: decode, prefill" in res.output

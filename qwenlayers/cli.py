@@ -376,7 +376,7 @@ def bench(
         return
     table = Table(title=f"bench: {points[0].record['model']} {phase}")
     for col in ("platform", "batch x seq_len", "sim µs", "tasks AIC/AIV/HUB", "cube/vec/MTE_IN %", "GFLOP", "MB moved",
-                "roofline µs", "of roofline", "compile s", "peak GB"):
+                "roofline µs", "of roofline", "of nominal", "compile s", "peak GB"):
         table.add_column(col, justify="left" if col == "platform" else "right")
     for p in points:
         r = p.record
@@ -385,7 +385,8 @@ def bench(
                       "/".join(str(r["tasks"].get(k, 0)) for k in ("AIC", "AIV", "HUB")),
                       f"{pipes.get('Cube', 0):g}/{pipes.get('Vector', 0):g}/{pipes.get('MTE_IN', 0):g}",
                       f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:.1f}", f"{r['roofline_us']:.2f} ({r['roofline_bound']})",
-                      f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}")
+                      f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{100 * (r['nominal_roofline_fraction'] or 0):.2f} %",
+                      f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}")
     out.print(table)
     out.print(f"history: {Path(points[0].record['trace']).parent / 'bench.jsonl' if points[0].record['trace'] else '-'}")
     out.print(f"plot: {plot_path}")

@@ -136,3 +136,24 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     with sim.quiet(ctx.log_path):
         kernel(*args)
     return {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}
+
+
+@job("calibrate")
+def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes" or "flops"}}."""
+    from qwenlayers.core.kernels.micro import build_cube, build_stream
+    from qwenlayers.runtime import sim
+
+    rows, cols = inputs["stream_shape"]
+    m, k, n = inputs["matmul_shape"]
+    opts = ctx.jit_options()
+    measured: dict[str, Any] = {}
+    with sim.quiet(ctx.log_path):
+        build_stream(rows, cols, jit_options=opts)(torch.zeros(rows, cols, dtype=torch.bfloat16),
+                                                   torch.zeros(rows, cols, dtype=torch.bfloat16))
+    measured["stream"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "bytes": 2 * rows * cols * 2}
+    with sim.quiet(ctx.log_path):
+        build_cube(m, k, n, jit_options=opts)(torch.zeros(m, k, dtype=torch.bfloat16), torch.zeros(k, n, dtype=torch.bfloat16),
+                                              torch.zeros(m, n))
+    measured["cube"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "flops": 2 * m * k * n}
+    return {"measured": measured}

@@ -1,0 +1,36 @@
+"""Micro-kernels that measure a platform: GM streaming and cube throughput (for the roofline).
+
+Tile shapes here are chosen for throughput, not by a layer plan: these measure the machine.
+"""
+
+# No `from __future__ import annotations`: pypto reads real annotation objects in jit functions.
+
+from typing import Any
+
+
+def build_stream(rows: int, cols: int, *, jit_options: dict[str, Any]) -> Any:
+    """``out = x * 1`` over a bf16 [rows, cols] tensor: reads and writes every byte once."""
+    import pypto
+
+    bf16 = pypto.DT_BF16
+
+    @pypto.frontend.jit(**jit_options)
+    def stream(x: pypto.Tensor((rows, cols), bf16), out: pypto.Tensor((rows, cols), bf16)):
+        pypto.set_vec_tile_shapes(64, 512)
+        out[:] = x * 1.0
+
+    return stream
+
+
+def build_cube(m: int, k: int, n: int, *, jit_options: dict[str, Any]) -> Any:
+    """A bf16 [m, k] x [k, n] matmul with fp32 output and large cube tiles."""
+    import pypto
+
+    bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
+
+    @pypto.frontend.jit(**jit_options)
+    def cube(a: pypto.Tensor((m, k), bf16), b: pypto.Tensor((k, n), bf16), out: pypto.Tensor((m, n), fp32)):
+        pypto.set_cube_tile_shapes([128, 128], [128, 512], [256, 256])
+        out[:] = pypto.matmul(a, b, fp32)
+
+    return cube

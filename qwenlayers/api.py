@@ -11,7 +11,7 @@ import torch
 from qwenlayers.core import golden
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
-from qwenlayers.core.tiling import TilingPlan, check_plan
+from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.errors import KernelError
 from qwenlayers.registry import PlatformRegistry, get_registry
 
@@ -27,15 +27,19 @@ def plan(
     platform: str | Platform | None = None,
     overrides: Mapping[str, int] | None = None,
     registry: PlatformRegistry | None = None,
+    batch: int | None = None,
+    seq_len: int | None = None,
 ) -> TilingPlan:
-    """The tiling plan the selected platform's plugin gives, with user overrides applied and the
-    result validated against the platform's budgets."""
+    """The tiling plan a call would use: the platform plugin's default, the tuned plan for the
+    shape class of ``batch`` x ``seq_len`` when ``qwenlayers tune`` cached one, then user
+    overrides; validated against the platform's budgets."""
+    from qwenlayers.layer import resolve_plan
+
     reg = _registry(registry)
     target = platform if isinstance(platform, Platform) else reg.select(platform)
     cfg = as_config(config)
-    result = reg.tiling_defaults(target, cfg, phase).with_overrides(overrides or {})
-    check_plan(result, cfg, target)
-    return result
+    lens = [seq_len] * batch if batch and seq_len else None
+    return resolve_plan(reg, target, cfg, phase, overrides or {}, lens)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``qwenlayers`` command line: platforms, plan, smoke, run, bench.
+"""The ``qwenlayers`` command line: platforms, plan, smoke, run, bench, tune.
 
 Every qwenlayers error is printed as one clear message and mapped to an exit code:
 2 bad input or tiling, 3 platform problem (unknown, broken, unavailable), 4 kernel failure.
@@ -124,9 +124,12 @@ def plan(
     phase: str = typer.Option(..., "--phase", help="decode or prefill."),
     platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, KEY=VALUE (repeatable), e.g. SEQ_TILE=128."),
+    batch: int | None = typer.Option(None, "--batch", help="With --seq-len: show the tuned plan of this shape class, if any."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="With --batch: see --batch."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show the tiling plan for a model and phase, each tile's bytes against its budget."""
+    """Show the tiling plan for a model and phase, each tile's bytes against its budget, and
+    where each value came from (plugin default, tuned, or user)."""
     from pathlib import Path
 
     from qwenlayers.api import plan as make_plan
@@ -140,7 +143,8 @@ def plan(
             raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
         cfg = Qwen3Config.from_hf(model) if Path(model).exists() else preset(model)
         target = get_registry().select(platform)
-        result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile))  # type: ignore[arg-type]
+        result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile),  # type: ignore[arg-type]
+                           batch=batch, seq_len=seq_len)
     except QwenlayersError as exc:
         _fail(exc)
     checks = tile_checks(result, cfg, target)
@@ -392,6 +396,44 @@ def bench(
     out.print(f"plot: {plot_path}")
     out.print(f"Perfetto traces (open in ui.perfetto.dev): {', '.join(str(p.record['trace']) for p in points)}")
     out.print(f"roofline: {points[0].record['roofline_source']}")
+
+
+@app.command()
+def tune(
+    phase: str = typer.Option("decode", "--phase", help="decode or prefill."),
+    model: str = typer.Option("tiny", "--model", "-m", help="Preset name."),
+    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Batch of the shape class to tune for."),
+    seq_len: int = typer.Option(64, "--seq-len", help="Sequence length of the shape class to tune for."),
+    time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds to search."),
+    field: list[str] = typer.Option([], "--field", help="Only tune these plan fields (repeatable), e.g. --field SEQ_TILE."),
+) -> None:
+    """Search the tiling plans the platform budgets allow, with the cost model, and cache the
+    fastest as the default for (platform, model, phase, shape class)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from qwenlayers.errors import InputError
+    from qwenlayers.tuning import tune as run_tune
+
+    try:
+        if phase not in ("decode", "prefill"):
+            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task(f"tuning {model} {phase} (limit {time_limit:.0f} s) …", total=None)
+            result = run_tune(phase, model, platform, batch=batch, seq_len=seq_len, time_limit_s=time_limit,
+                              fields=[f.lower() for f in field] or None,
+                              progress=lambda msg, n: bar.update(task, description=f"tuning {model} {phase}: {msg}"))
+    except QwenlayersError as exc:
+        _fail(exc)
+    table = Table(title=f"tuned {result.key}: {result.default_us:.1f} µs -> {result.best_us:.1f} µs "
+                        f"({result.default_us / result.best_us:.2f}x), {len(result.tried)} plans tried")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    table.add_column("from")
+    for name in result.best.values():
+        table.add_row(name.upper(), str(getattr(result.best, name)), result.best.origin_of(name))
+    out.print(table)
+    out.print(f"cached in {result.stored}; `qwenlayers plan --batch {batch} --seq-len {seq_len}` shows it")
 
 
 def main() -> None:

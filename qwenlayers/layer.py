@@ -105,16 +105,23 @@ def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]
 
 
 def resolve_plan(
-    reg: PlatformRegistry, target: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None
+    reg: PlatformRegistry, target: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None,
+    lens: list[int] | None = None,
 ) -> TilingPlan:
-    """The plugin's default plan, a user plan, or the default with overrides; always checked
-    against the platform budgets before anything compiles."""
+    """A user plan, or the default plan (the plugin's, with a tuned plan for this call's shape
+    class applied when ``qwenlayers tune`` cached one) plus overrides; always checked against
+    the platform budgets before anything compiles."""
     if isinstance(plan, TilingPlan):
         if plan.phase != phase:
             raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
         result = plan
     else:
-        result = reg.tiling_defaults(target, cfg, phase).with_overrides(dict(plan or {}))
+        from qwenlayers.tuning import tuned_plan
+
+        base = reg.tiling_defaults(target, cfg, phase)
+        if lens:
+            base = tuned_plan(target, cfg, phase, lens, base)
+        result = base.with_overrides(dict(plan or {}))
     check_plan(result, cfg, target)
     return result
 
@@ -225,7 +232,7 @@ def decode(
     target = reg.select(platform, require_available=True)
     max_seq = k_cache.shape[2]
     run_cfg = cfg.with_max_seq(max_seq)
-    the_plan = resolve_plan(reg, target, run_cfg, "decode", plan)
+    the_plan = resolve_plan(reg, target, run_cfg, "decode", plan, lens)
     st = the_plan.seq_tile
 
     from qwenlayers.runtime.worker import run_job
@@ -349,7 +356,7 @@ def prefill(
     reg = registry or get_registry()
     target = reg.select(platform, require_available=True)
     run_cfg = cfg.with_max_seq(max_seq)
-    the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan)
+    the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan, lens)
     st = the_plan.seq_tile
     chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m) if values else []
 

@@ -1,0 +1,158 @@
+"""``qwenlayers tune``: search the tiling space the platform budgets allow, with the cost model.
+
+Coordinate descent from the plugin's default plan: for each tile field in turn, try the
+powers of two around the current value that pass ``check_plan`` (budgets, buffers,
+divisibility), keep the fastest simulated layer, and move on; repeat while time is left. Each
+candidate is one cost-model run (no values). The best plan is cached per platform and pypto
+version under a key (preset, phase, shape class) and becomes the default plan for calls of
+that class: its values show origin ``tuned`` in ``qwenlayers plan``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.tiling import TILE_FIELDS, TilingPlan, check_plan
+from qwenlayers.errors import TilingError
+from qwenlayers.runtime.paths import cache_dir, file_lock
+from qwenlayers.runtime.pyptoenv import pypto_version
+
+
+def shape_class(phase: Phase, lens: list[int]) -> str:
+    """Calls of one class share a tuned plan: batch and longest length (decode) or total
+    tokens (prefill), each rounded up to a power of two."""
+
+    def up(n: int) -> int:
+        return 1 << max(0, (n - 1).bit_length())
+
+    if phase == "decode":
+        return f"b{up(len(lens))}-l{up(max(lens))}"
+    return f"t{up(sum(lens))}"
+
+
+def _store(platform: Platform) -> Path:
+    """Where tuned plans live: ``$QWENLAYERS_TUNED_DIR`` or the cache, per platform and pypto version."""
+    root = os.environ.get("QWENLAYERS_TUNED_DIR")
+    folder = Path(root) / platform.name if root else cache_dir("tuned", platform.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"pypto-{pypto_version() or 'none'}.json"
+
+
+def _key(config: Qwen3Config, phase: Phase, cls: str) -> str:
+    return f"{config.name}|{phase}|{cls}"
+
+
+def tuned_plan(platform: Platform, config: Qwen3Config, phase: Phase, lens: list[int], base: TilingPlan) -> TilingPlan:
+    """``base`` with the cached tuned values for this class applied (origin ``tuned``), or
+    ``base`` itself when nothing was tuned (or the tuned plan no longer fits)."""
+    path = _store(platform)
+    if not path.exists():
+        return base
+    entry = json.loads(path.read_text()).get(_key(config, phase, shape_class(phase, lens)))
+    if not entry:
+        return base
+    plan = base.with_overrides(entry["values"], source="tuned")
+    try:
+        check_plan(plan, config, platform)
+    except TilingError:
+        return base
+    return plan
+
+
+@dataclass
+class TuneResult:
+    best: TilingPlan
+    best_us: float
+    default_us: float
+    tried: list[dict[str, Any]] = field(default_factory=list)
+    key: str = ""
+    stored: Path | None = None
+
+
+def _neighbours(value: int) -> list[int]:
+    return sorted({max(1, value // 4), max(1, value // 2), value, value * 2, value * 4})
+
+
+def tune(
+    phase: Phase,
+    model: str | Qwen3Config,
+    platform: str | None,
+    *,
+    batch: int = 1,
+    seq_len: int = 64,
+    time_limit_s: float = 300.0,
+    fields: list[str] | None = None,
+    registry: Any = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> TuneResult:
+    """Tune the plan for (platform, model, phase, class of batch x seq_len) within the time limit."""
+    import torch
+
+    from qwenlayers.core.weights import LayerWeights
+    from qwenlayers.layer import decode, prefill
+    from qwenlayers.registry import get_registry
+
+    reg = registry or get_registry()
+    target = reg.select(platform, require_available=True)
+    cfg = as_config(model)
+    lens = [seq_len] * batch
+    run_cfg = cfg if phase == "prefill" else cfg.with_max_seq(max(cfg.max_seq, seq_len))
+    weights = LayerWeights.random(cfg, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    if phase == "decode":
+        shape = (batch, cfg.num_key_value_heads, run_cfg.max_seq, cfg.head_dim)
+        args = {"hidden": torch.randn(batch, cfg.hidden_size, generator=gen).bfloat16(),
+                "k_cache": torch.randn(shape, generator=gen).bfloat16(), "v_cache": torch.randn(shape, generator=gen).bfloat16()}
+    else:
+        args = {"hidden": torch.randn(batch, seq_len, cfg.hidden_size, generator=gen).bfloat16()}
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    say = progress or (lambda _m, _n: None)
+    measured: dict[str, float] = {}
+    tried: list[dict[str, Any]] = []
+
+    def cost(plan: TilingPlan) -> float:
+        key = plan.cache_key()
+        if key not in measured:
+            run = decode if phase == "decode" else prefill
+            result = run(run_cfg, weights, **args, seq_lens=seq_lens, platform=target.name, plan=plan, values=False, registry=reg)
+            measured[key] = float(result.report.sim_us or float("inf"))
+            tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks})
+            say(f"{len(tried)} plans tried, best {min(measured.values()):.1f} µs", len(tried))
+        return measured[key]
+
+    default = reg.tiling_defaults(target, run_cfg, phase)
+    best, best_us = default, cost(default)
+    default_us = best_us
+    deadline = time.monotonic() + time_limit_s
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for name in fields or list(TILE_FIELDS):
+            for value in _neighbours(getattr(best, name)):
+                if time.monotonic() >= deadline:
+                    break
+                candidate = replace(best, **{name: value})
+                try:
+                    check_plan(candidate, run_cfg, target)
+                except TilingError:
+                    continue
+                us = cost(candidate)
+                if us < best_us * 0.995:  # a real gain, not cost-model noise
+                    best, best_us, improved = candidate, us, True
+    tuned = default.with_overrides({k: v for k, v in best.values().items() if v != getattr(default, k)}, source="tuned")
+    key = _key(cfg, phase, shape_class(phase, lens))
+    path = _store(target)
+    with file_lock(path.parent / ".lock"):
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[key] = {"values": {k: v for k, v in best.values().items() if v != getattr(default, k)},
+                     "sim_us": best_us, "default_us": default_us, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        path.write_text(json.dumps(data, indent=2))
+    return TuneResult(tuned, best_us, default_us, tried, key, path)

@@ -112,7 +112,8 @@ def run_bench(
                     "simulate_s": rep.simulate_s, "peak_rss_mb": rep.peak_rss_mb, "flops": work.flops, "bytes": work.bytes,
                     "roofline_us": cal_us, "roofline_bound": cal_bound,
                     "roofline_fraction": cal_us / rep.sim_us if rep.sim_us else None,
-                    "calibration": {"bandwidth_gb_s": cal.bandwidth_gb_s, "cube_tflops": cal.cube_tflops, "pypto": cal.pypto},
+                    "calibration": {"bandwidth_gb_s": cal.bandwidth_gb_s, "cube_tflops": cal.cube_tflops,
+                                    "vector_gops": cal.vector_gops, "pypto": cal.pypto},
                     "nominal_roofline_us": roof_us, "nominal_roofline_bound": bound,
                     "nominal_roofline_fraction": roof_us / rep.sim_us if rep.sim_us else None,
                     "roofline_source": f"calibrated on {target.name}: {cal.bandwidth_gb_s:.0f} GB/s, {cal.cube_tflops:.0f} TFLOP/s; "

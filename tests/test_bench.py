@@ -36,7 +36,7 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
         assert r["platform"] == runnable_platform.name and r["sim_us"] > 0 and r["tasks"]["AIC"] > 0
         assert 0 < r["roofline_fraction"] < 1 and r["roofline_bound"] in ("memory", "compute")
         assert r["flops"] > 0 and r["bytes"] > 0 and "calibrated" in r["roofline_source"] and "nominal" in r["roofline_source"]
-        assert r["calibration"]["bandwidth_gb_s"] > 0 and r["calibration"]["cube_tflops"] > 0
+        assert r["calibration"]["bandwidth_gb_s"] > 0 and r["calibration"]["cube_tflops"] > 0 and r["calibration"]["vector_gops"] > 0
         assert 0 < r["nominal_roofline_fraction"] < 1
         trace = json.loads(open(r["trace"]).read())  # a Perfetto/Chrome trace: JSON with events
         assert trace

@@ -1,9 +1,10 @@
 """Calibrated roofline: what each platform's cost model actually reaches, measured once.
 
-Two micro-kernels run on the platform (``calibrate`` job): a streaming bf16 scale of a 64 MB
-tensor (GM read + write) and a 2048^3 bf16 matmul. Their simulated times give the achievable
-GM bandwidth and cube BF16 throughput; the layer roofline is then max(bytes / bandwidth,
-flops / throughput). Results are cached per platform and pypto version (measuring costs tens
+Three micro-kernels run on the platform (``calibrate`` job): a streaming bf16 scale of a 64 MB
+tensor (GM read + write), a 2048^3 bf16 matmul, and a chain of 32 fp32 vector ops per element. Their simulated
+times give the achievable GM bandwidth, cube BF16 throughput and vector throughput; the layer
+roofline is max(bytes / bandwidth, flops / cube throughput) (the vector figure is reported, for
+reading how far the vector-bound parts are from what the simulator can do). Results are cached per platform and pypto version (measuring costs tens
 of seconds). Nominal descriptor figures stay what they are and are shown beside these.
 """
 
@@ -19,6 +20,7 @@ from qwenlayers.runtime.pyptoenv import pypto_version
 
 STREAM_SHAPE = (4096, 4096)
 MATMUL_SHAPE = (2048, 2048, 2048)
+VECTOR_SHAPE = (1024, 4096)
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,10 @@ class Calibration:
     pypto: str
     bandwidth_gb_s: float  # GM bytes per second the cost model streams, in GB/s
     cube_tflops: float  # BF16 cube throughput the cost model reaches, in TFLOP/s
+    vector_gops: float  # fp32 vector element-ops per second, in G/s
     stream_us: float
     matmul_us: float
+    vector_us: float
 
     def roofline_us(self, work: Any) -> tuple[float, str]:
         memory_us = work.bytes / (self.bandwidth_gb_s * 1e9) * 1e6
@@ -39,20 +43,22 @@ class Calibration:
 def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False) -> Calibration:
     """The platform's calibration, measured on first use and cached."""
     folder = cache_dir("calibration", platform.name)
-    path = folder / f"pypto-{pypto_version() or 'none'}.json"
+    path = folder / f"pypto-{pypto_version() or 'none'}-v3.json"  # v3: with the vector figure
     with file_lock(folder / ".lock"):
         if path.exists() and not refresh:
             return Calibration(**json.loads(path.read_text()))
         from qwenlayers.runtime.worker import run_job
 
-        result = run_job(platform, "calibrate", {"stream_shape": STREAM_SHAPE, "matmul_shape": MATMUL_SHAPE},
+        result = run_job(platform, "calibrate",
+                         {"stream_shape": STREAM_SHAPE, "matmul_shape": MATMUL_SHAPE, "vector_shape": VECTOR_SHAPE},
                          registry=registry, values=False)
         m = result.outputs["measured"]
         cal = Calibration(
             platform=platform.name, pypto=pypto_version() or "none",
             bandwidth_gb_s=m["stream"]["bytes"] / (m["stream"]["sim_us"] * 1e-6) / 1e9,
             cube_tflops=m["cube"]["flops"] / (m["cube"]["sim_us"] * 1e-6) / 1e12,
-            stream_us=m["stream"]["sim_us"], matmul_us=m["cube"]["sim_us"],
+            vector_gops=m["vector"]["ops"] / (m["vector"]["sim_us"] * 1e-6) / 1e9,
+            stream_us=m["stream"]["sim_us"], matmul_us=m["cube"]["sim_us"], vector_us=m["vector"]["sim_us"],
         )
         path.write_text(json.dumps(asdict(cal), indent=2))
         return cal

@@ -141,7 +141,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 @job("calibrate")
 def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes" or "flops"}}."""
-    from qwenlayers.core.kernels.micro import build_cube, build_stream
+    from qwenlayers.core.kernels.micro import VECTOR_OPS_PER_ELEMENT, build_cube, build_stream, build_vector
     from qwenlayers.runtime import sim
 
     rows, cols = inputs["stream_shape"]
@@ -156,4 +156,8 @@ def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
         build_cube(m, k, n, jit_options=opts)(torch.zeros(m, k, dtype=torch.bfloat16), torch.zeros(k, n, dtype=torch.bfloat16),
                                               torch.zeros(m, n))
     measured["cube"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "flops": 2 * m * k * n}
+    vr, vc = inputs["vector_shape"]
+    with sim.quiet(ctx.log_path):
+        build_vector(vr, vc, jit_options=opts)(torch.zeros(vr, vc), torch.zeros(vr, vc))
+    measured["vector"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "ops": VECTOR_OPS_PER_ELEMENT * vr * vc}
     return {"measured": measured}

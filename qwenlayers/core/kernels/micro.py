@@ -34,3 +34,25 @@ def build_cube(m: int, k: int, n: int, *, jit_options: dict[str, Any]) -> Any:
         out[:] = pypto.matmul(a, b, fp32)
 
     return cube
+
+
+#: Vector ops per element of :func:`build_vector`: enough that the chain, not GM, sets the time.
+VECTOR_CHAIN = 16
+VECTOR_OPS_PER_ELEMENT = 2 * VECTOR_CHAIN
+
+
+def build_vector(rows: int, cols: int, *, jit_options: dict[str, Any]) -> Any:
+    """``y = y * 0.5 + x``, VECTOR_CHAIN times, in fp32: many vector ops per element read from GM once."""
+    import pypto
+
+    fp32 = pypto.DT_FP32
+
+    @pypto.frontend.jit(**jit_options)
+    def vector(x: pypto.Tensor((rows, cols), fp32), out: pypto.Tensor((rows, cols), fp32)):
+        pypto.set_vec_tile_shapes(32, 512)
+        y = x * 0.5 + x
+        for _ in range(VECTOR_CHAIN - 1):
+            y = y * 0.5 + x
+        out[:] = y
+
+    return vector

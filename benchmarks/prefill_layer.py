@@ -15,23 +15,21 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 from _common import record, row, table  # script-local helper module (benchmarks/_common.py)
 from rich.console import Console
 
 import qwenlayers
 from qwenlayers.core.config import preset
+from qwenlayers.layer import random_inputs
 
 
 def run_one(model: str, platform: str, lens: list[int], check: bool, console: Console) -> dict:
     cfg = preset(model)
-    gen = torch.Generator().manual_seed(0)
     weights = qwenlayers.LayerWeights.random(cfg, seed=0)
-    hidden = torch.randn(len(lens), max(lens), cfg.hidden_size, generator=gen).bfloat16()
+    inputs = random_inputs(cfg, "prefill", lens, seed=0)
     start = time.perf_counter()
     with console.status(f"{model} prefill on {platform} ({lens}) …") as status:
-        result = qwenlayers.prefill(cfg, weights, hidden, torch.tensor(lens, dtype=torch.int32), platform=platform,
-                                    check=check, values=check, progress=lambda m: status.update(f"{model} on {platform}: {m}"))
+        result = qwenlayers.prefill(cfg, weights, **inputs, platform=platform, check=check, values=check, progress=lambda m: status.update(f"{model} on {platform}: {m}"))
     return record("prefill_layer", {"model": model, "platform": platform, "seq_lens": lens,
                                     "bench_wall_s": round(time.perf_counter() - start, 1), **result.report.as_dict()})
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qwenlayers.core.config import as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.weights import LayerWeights
@@ -42,17 +40,6 @@ class BenchPoint:
     batch: int
     seq_len: int
     record: dict[str, Any]
-
-
-def _inputs(cfg: Any, phase: Phase, batch: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    lens = torch.full((batch,), seq_len, dtype=torch.int32)
-    if phase == "decode":
-        shape = (batch, cfg.num_key_value_heads, max(cfg.max_seq, seq_len), cfg.head_dim)
-        return {"hidden": torch.randn(batch, cfg.hidden_size, generator=gen).bfloat16(),
-                "k_cache": torch.randn(shape, generator=gen).bfloat16(), "v_cache": torch.randn(shape, generator=gen).bfloat16(),
-                "seq_lens": lens}
-    return {"hidden": torch.randn(batch, seq_len, cfg.hidden_size, generator=gen).bfloat16(), "seq_lens": lens}
 
 
 def roofline(platform: Platform, work: Any) -> tuple[float, str]:
@@ -77,7 +64,7 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[BenchPoint], Path]:
     """Run every (platform, batch, seq_len) point; returns the points and the plot's path."""
-    from qwenlayers.layer import decode, prefill
+    from qwenlayers.layer import decode, prefill, random_inputs
 
     say = progress or (lambda _m: None)
     if phase not in ("decode", "prefill"):
@@ -97,7 +84,7 @@ def run_bench(
         for batch in batches:
             for seq_len in seq_lens:
                 say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name}: batch {batch}, seq_len {seq_len}")
-                args = _inputs(cfg, phase, batch, seq_len, seed)
+                args = random_inputs(cfg, phase, [seq_len] * batch, seed=seed, max_seq=max(cfg.max_seq, seq_len))
                 run = decode if phase == "decode" else prefill
                 result = run(cfg, weights, **args, platform=target.name, check=check, values=check, keep=True, registry=reg)
                 rep = result.report

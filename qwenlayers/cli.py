@@ -285,7 +285,6 @@ def run(
 
     With no options: a small decode (preset tiny, 4 sequences of mixed length) on the default
     platform, checked against the golden."""
-    import torch
 
     from qwenlayers.core.config import Qwen3Config, preset
     from qwenlayers.core.tiling import parse_overrides
@@ -303,27 +302,16 @@ def run(
             w = LayerWeights.random(cfg, seed=seed)
         lens = _seq_lens(batch, seq_len, seq_lens, cfg.max_seq)
         overrides = parse_overrides(tile)
-        gen = torch.Generator().manual_seed(seed)
-        n = len(lens)
         with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
             def progress(msg: str) -> None:
                 status.update(f"{cfg.name} {phase}: {msg} …")
 
-            from qwenlayers.layer import decode, prefill
+            from qwenlayers.layer import decode, prefill, random_inputs
 
-            sl = torch.tensor(lens, dtype=torch.int32)
-            if phase == "decode":
-                hidden = torch.randn(n, cfg.hidden_size, generator=gen).bfloat16()
-                shape = (n, cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
-                k_cache = torch.randn(shape, generator=gen).bfloat16()
-                v_cache = torch.randn(shape, generator=gen).bfloat16()
-                result = decode(cfg, w, hidden, k_cache, v_cache, sl, platform=platform, plan=overrides,
-                                check=check and not cost_model_only, keep=keep, values=not cost_model_only,
-                                verify_passes=verify_passes, progress=progress)
-            else:
-                hidden = torch.randn(n, max(lens), cfg.hidden_size, generator=gen).bfloat16()
-                result = prefill(cfg, w, hidden, sl, platform=platform, plan=overrides, check=check and not cost_model_only,
-                                 keep=keep, values=not cost_model_only, verify_passes=verify_passes, progress=progress)
+            run_layer = decode if phase == "decode" else prefill
+            result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, plan=overrides,
+                               check=check and not cost_model_only, keep=keep, values=not cost_model_only,
+                               verify_passes=verify_passes, progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report
@@ -392,7 +380,7 @@ def bench(
                       f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{100 * (r['nominal_roofline_fraction'] or 0):.2f} %",
                       f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}")
     out.print(table)
-    out.print(f"history: {Path(points[0].record['trace']).parent / 'bench.jsonl' if points[0].record['trace'] else '-'}")
+    out.print(f"history: {plot_path.parent / 'bench.jsonl'}")
     out.print(f"plot: {plot_path}")
     out.print(f"Perfetto traces (open in ui.perfetto.dev): {', '.join(str(p.record['trace']) for p in points)}")
     out.print(f"roofline: {points[0].record['roofline_source']}")

@@ -104,6 +104,23 @@ def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]
     report.outside_elementwise = out.outside_elementwise
 
 
+def random_inputs(
+    config: Qwen3Config, phase: Phase, lens: list[int], *, seed: int = 0, max_seq: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Random bf16 inputs for one ``decode`` or ``prefill`` call with sequences ``lens``: hidden
+    (decode [B, H]; prefill [B, max(lens), H]), for decode caches of ``max_seq`` rows (default
+    the config's), and seq_lens. Drawn in that order from one generator seeded ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(lens)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    if phase == "prefill":
+        return {"hidden": torch.randn(n, max(lens), config.hidden_size, generator=gen).bfloat16(), "seq_lens": seq_lens}
+    shape = (n, config.num_key_value_heads, max_seq or config.max_seq, config.head_dim)
+    return {"hidden": torch.randn(n, config.hidden_size, generator=gen).bfloat16(),
+            "k_cache": torch.randn(shape, generator=gen).bfloat16(), "v_cache": torch.randn(shape, generator=gen).bfloat16(),
+            "seq_lens": seq_lens}
+
+
 def resolve_plan(
     reg: PlatformRegistry, target: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None,
     lens: list[int] | None = None,
@@ -180,14 +197,37 @@ def _trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:
     return out
 
 
-def _check_untouched(name: str, before: torch.Tensor, after: torch.Tensor, lens: list[int], offset: int) -> None:
-    """Every row but seq_len-1 must come back bit-identical; anything else is a kernel bug."""
-    mask = torch.ones(before.shape[0], before.shape[2], dtype=torch.bool)
-    for i, n in enumerate(lens):
-        mask[i, n - 1] = False
-    b_idx, r_idx = mask.nonzero(as_tuple=True)
+def _check_only_spans_written(
+    phase: Phase, name: str, before: torch.Tensor, after: torch.Tensor, spans: list[tuple[int, int]], offset: int
+) -> None:
+    """Rows outside each sequence's span ``[start, stop)`` must come back bit-identical; a
+    kernel that wrote anywhere else is a bug, caught before anything is written back."""
+    keep = torch.ones(before.shape[0], before.shape[2], dtype=torch.bool)
+    for i, (start, stop) in enumerate(spans):
+        keep[i, start:stop] = False
+    b_idx, r_idx = keep.nonzero(as_tuple=True)
     if not torch.equal(before[b_idx, :, r_idx], after[b_idx, :, r_idx]):
-        raise KernelError(f"the decode kernel changed {name} rows other than seq_len-1 (batch rows {offset}..); nothing was written back")
+        allowed = "row seq_len-1" if phase == "decode" else "rows 0..seq_len-1"
+        raise KernelError(f"the {phase} kernel changed {name} rows other than {allowed} (batch rows {offset}..); "
+                          "nothing was written back")
+
+
+def _collect_spans(
+    phase: Phase, before: tuple[torch.Tensor, torch.Tensor], outputs: dict[str, torch.Tensor], spans: list[tuple[int, int]],
+    offset: int, written: list[tuple[int, int, torch.Tensor, torch.Tensor]],
+) -> None:
+    """Check a worker's caches and keep its written rows (batch row, first row, K rows, V rows)
+    for the write-back once every worker has succeeded."""
+    for name, old in zip(("k_cache", "v_cache"), before):
+        _check_only_spans_written(phase, name, old, outputs[name], spans, offset)
+    for i, (start, stop) in enumerate(spans):
+        written.append((offset + i, start, outputs["k_cache"][i, :, start:stop].clone(), outputs["v_cache"][i, :, start:stop].clone()))
+
+
+def _write_back(k_cache: torch.Tensor, v_cache: torch.Tensor, written: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> None:
+    for b, start, k_rows, v_rows in written:
+        k_cache[b, :, start : start + k_rows.shape[1]] = k_rows
+        v_cache[b, :, start : start + v_rows.shape[1]] = v_rows
 
 
 def decode(
@@ -239,22 +279,24 @@ def decode(
 
     packed = packing.pack_layer(w)
     cos, sin = packing.rope_rows(torch.tensor(lens) - 1, cfg.head_dim, cfg.rope_theta)
-    if not values:
+
+    def whole_batch_cost_model_run() -> Any:
+        say(f"whole-batch cost-model run ({len(lens)} sequences, no values)")
         rows = cache_rows_needed(lens, st)
-        say(f"cost-model run ({len(lens)} sequences, no values)")
-        whole = run_job(
+        return run_job(
             target, "decode",
             {"config": run_cfg, "plan": the_plan, "hidden": hidden, "weights": packed, "cos": cos, "sin": sin,
              "k_cache": _trimmed(k_cache, rows), "v_cache": _trimmed(v_cache, rows),
              "seq_lens": torch.tensor(lens, dtype=torch.int32)},
             registry=reg, values=False, keep=keep,
         )
-        return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole)
+
+    if not values:
+        return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
     split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     chunks = split.chunks
-    batch = len(lens)
     out = torch.empty_like(hidden)
-    new_rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (batch row, K row, V row), written at the end
+    written: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     reports: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     kept_dir = None
@@ -273,11 +315,8 @@ def decode(
             registry=reg, keep=keep and single, verify_passes=verify_passes,
         )
         o = result.outputs
-        _check_untouched("k_cache", kc, o["k_cache"], part, chunk.start)
-        _check_untouched("v_cache", vc, o["v_cache"], part, chunk.start)
+        _collect_spans("decode", (kc, vc), o, [(n_tok - 1, n_tok) for n_tok in part], chunk.start, written)
         out[sl] = o["out"]  # the layer output, or the first residual when the MLP runs apart
-        for i, n_tok in enumerate(part):
-            new_rows.append((chunk.start + i, o["k_cache"][i, :, n_tok - 1].clone(), o["v_cache"][i, :, n_tok - 1].clone()))
         reports.append(result.report)
         summaries.append(_chunk_summary(f"{split.part} rows {chunk.start}..{chunk.stop - 1}", chunk.estimate_bytes,
                                         part, result.report, result.wall_s))
@@ -288,23 +327,12 @@ def decode(
 
     timing, timing_from = reports[0], "values run"
     if not single:
-        say(f"whole-batch cost-model run ({batch} sequences, no values)")
-        rows = cache_rows_needed(lens, st)
-        whole = run_job(
-            target, "decode",
-            {"config": run_cfg, "plan": the_plan, "hidden": hidden, "weights": packed, "cos": cos, "sin": sin,
-             "k_cache": _trimmed(k_cache, rows), "v_cache": _trimmed(v_cache, rows),
-             "seq_lens": torch.tensor(lens, dtype=torch.int32)},
-            registry=reg, values=False, keep=keep,
-        )
+        whole = whole_batch_cost_model_run()
         timing, timing_from = whole.report, "whole-batch cost-model run"
         wall_total += whole.wall_s
 
     before = (k_cache.clone(), v_cache.clone()) if check else None
-    for b, k_row, v_row in new_rows:  # all workers succeeded: write the documented rows only
-        n_tok = lens[b]
-        k_cache[b, :, n_tok - 1] = k_row
-        v_cache[b, :, n_tok - 1] = v_row
+    _write_back(k_cache, v_cache, written)  # all workers succeeded: the documented rows only
 
     report = _build_report("decode", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
     if check and before is not None:
@@ -312,7 +340,6 @@ def decode(
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
         _record_check(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
     return LayerResult(out, report, k_cache, v_cache)
-
 
 
 def prefill(
@@ -367,7 +394,7 @@ def prefill(
         shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
     out = torch.zeros_like(hidden)
-    written: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    written: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     reports: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     kept_dir = None
@@ -381,10 +408,12 @@ def prefill(
         return ({"config": run_cfg, "plan": the_plan, "hidden": x, "weights": packed, "cos": cos, "sin": sin,
                  "k_cache": kc, "v_cache": vc, "seq_lens": part}, kc, vc)
 
+    def whole_batch_cost_model_run() -> Any:
+        say(f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
+        return run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
+
     if not values:
-        say(f"cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
-        whole = run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
-        return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole)
+        return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
 
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
@@ -392,13 +421,10 @@ def prefill(
         say(f"prefill chunk {n}/{len(chunks)}: sequences {chunk.start}..{chunk.stop - 1}, {sum(part)} tokens")
         result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1, verify_passes=verify_passes)
         o = result.outputs
-        for name, before, after in (("k_cache", kc, o["k_cache"]), ("v_cache", vc, o["v_cache"])):
-            _check_rows_untouched(name, before, after, part, chunk.start)
+        _collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
         offset = 0
         for i, n_tok in enumerate(part):
-            b = chunk.start + i
-            out[b, :n_tok] = o["out"][offset : offset + n_tok]
-            written.append((b, o["k_cache"][i, :, :n_tok].clone(), o["v_cache"][i, :, :n_tok].clone()))
+            out[chunk.start + i, :n_tok] = o["out"][offset : offset + n_tok]
             offset += n_tok
         reports.append(result.report)
         summaries.append(_chunk_summary(f"prefill sequences {chunk.start}..{chunk.stop - 1}", chunk.estimate_bytes,
@@ -407,15 +433,12 @@ def prefill(
     wall_total = sum(s["wall_s"] for s in summaries)
     timing, timing_from = reports[0], "values run"
     if len(chunks) > 1:
-        say(f"whole-batch cost-model run ({batch} sequences, no values)")
-        whole = run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
+        whole = whole_batch_cost_model_run()
         timing, timing_from = whole.report, "whole-batch cost-model run"
         wall_total += whole.wall_s
 
     before = (k_cache.clone(), v_cache.clone()) if check else None
-    for b, k_rows, v_rows in written:  # all workers succeeded: rows 0..seq_len-1 only
-        k_cache[b, :, : k_rows.shape[1]] = k_rows
-        v_cache[b, :, : v_rows.shape[1]] = v_rows
+    _write_back(k_cache, v_cache, written)  # all workers succeeded: rows 0..seq_len-1 only
     report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
     if check and before is not None:
         say("golden prefill")
@@ -426,13 +449,6 @@ def prefill(
             keep_mask[:n_tok] = False
             ref_k[b][:, keep_mask] = before[0][b][:, keep_mask]  # the golden allocates zero caches;
             ref_v[b][:, keep_mask] = before[1][b][:, keep_mask]  # rows past seq_len are the caller's
-        cache_cmp = [compare(k_cache, ref_k), compare(v_cache, ref_v)]
-        _record_check(report, compare(out, ref), cache_cmp)
+        _record_check(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
     return LayerResult(out, report, k_cache, v_cache)
 
-
-def _check_rows_untouched(name: str, before: torch.Tensor, after: torch.Tensor, lens: list[int], offset: int) -> None:
-    """Prefill may write rows 0..seq_len-1 only; anything past them must come back bit-identical."""
-    for i, n in enumerate(lens):
-        if not torch.equal(before[i, :, n:], after[i, :, n:]):
-            raise KernelError(f"the prefill kernel changed {name} rows at or past seq_len={n} of sequence {offset + i}; nothing was written back")

@@ -94,10 +94,8 @@ def tune(
     progress: Callable[[str, int], None] | None = None,
 ) -> TuneResult:
     """Tune the plan for (platform, model, phase, class of batch x seq_len) within the time limit."""
-    import torch
-
     from qwenlayers.core.weights import LayerWeights
-    from qwenlayers.layer import decode, prefill
+    from qwenlayers.layer import decode, prefill, random_inputs
     from qwenlayers.registry import get_registry
 
     reg = registry or get_registry()
@@ -106,14 +104,7 @@ def tune(
     lens = [seq_len] * batch
     run_cfg = cfg if phase == "prefill" else cfg.with_max_seq(max(cfg.max_seq, seq_len))
     weights = LayerWeights.random(cfg, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    if phase == "decode":
-        shape = (batch, cfg.num_key_value_heads, run_cfg.max_seq, cfg.head_dim)
-        args = {"hidden": torch.randn(batch, cfg.hidden_size, generator=gen).bfloat16(),
-                "k_cache": torch.randn(shape, generator=gen).bfloat16(), "v_cache": torch.randn(shape, generator=gen).bfloat16()}
-    else:
-        args = {"hidden": torch.randn(batch, seq_len, cfg.hidden_size, generator=gen).bfloat16()}
-    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    args = random_inputs(cfg, phase, lens, seed=0, max_seq=run_cfg.max_seq)
     say = progress or (lambda _m, _n: None)
     measured: dict[str, float] = {}
     tried: list[dict[str, Any]] = []
@@ -122,7 +113,7 @@ def tune(
         key = plan.cache_key()
         if key not in measured:
             run = decode if phase == "decode" else prefill
-            result = run(run_cfg, weights, **args, seq_lens=seq_lens, platform=target.name, plan=plan, values=False, registry=reg)
+            result = run(run_cfg, weights, **args, platform=target.name, plan=plan, values=False, registry=reg)
             measured[key] = float(result.report.sim_us or float("inf"))
             tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks})
             say(f"{len(tried)} plans tried, best {min(measured.values()):.1f} µs", len(tried))
@@ -147,12 +138,13 @@ def tune(
                 us = cost(candidate)
                 if us < best_us * 0.995:  # a real gain, not cost-model noise
                     best, best_us, improved = candidate, us, True
-    tuned = default.with_overrides({k: v for k, v in best.values().items() if v != getattr(default, k)}, source="tuned")
+    changed = {k: v for k, v in best.values().items() if v != getattr(default, k)}
+    tuned = default.with_overrides(changed, source="tuned")
     key = _key(cfg, phase, shape_class(phase, lens))
     path = _store(target)
     with file_lock(path.parent / ".lock"):
         data = json.loads(path.read_text()) if path.exists() else {}
-        data[key] = {"values": {k: v for k, v in best.values().items() if v != getattr(default, k)},
+        data[key] = {"values": changed,
                      "sim_us": best_us, "default_us": default_us, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
         path.write_text(json.dumps(data, indent=2))
     return TuneResult(tuned, best_us, default_us, tried, key, path)

@@ -22,6 +22,7 @@ Cost-model-only runs (no values) capture nothing and are never split.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
@@ -34,10 +35,10 @@ DEFAULT_BUDGET_GB = 10.0
 # workers came in above the first estimates (attention 7.27 GB vs 6.48, MLP shard 6.18 vs 5.54).
 CAPTURE_FACTOR = 3.8  # bytes kept per byte of a loop-body call's inputs (3.4 measured alone)
 WEIGHT_FACTOR = 15.0  # bytes of compile + capture per weight byte of a static program with values (13.5 measured)
-BASE_BYTES = int(0.6 * GIB)
+BASE_BYTES = int(0.6 * GIB)  # Python, torch, pypto, the calculator (~0.35 GB) plus margin
 # The cost model's own memory grows with the task count, i.e. with tokens x layer size: qwen3-0.6b
 # prefill cost-model runs peaked at 3.5 / 5.1 / 8.7 GB for 128 / 256 / 512 tokens.
-PREFILL_SIM_FACTOR = 0.45  # Python, torch, pypto, the calculator (~0.35 GB) plus margin
+PREFILL_SIM_FACTOR = 0.45
 
 
 def budget_bytes() -> int:
@@ -95,14 +96,16 @@ class DecodeSplit:
     mlp_estimate_bytes: int = 0
 
 
-def _chunks(config: Qwen3Config, lens: list[int], seq_tile: int, part: str, limit: int) -> list[Chunk]:
+def _greedy_chunks(lens: list[int], cost: Callable[[list[int]], int], limit: int) -> list[Chunk]:
+    """Contiguous chunks of ``lens``, each grown while ``cost`` of it stays within ``limit``
+    (a chunk holds at least one sequence)."""
     chunks: list[Chunk] = []
     start = 0
     while start < len(lens):
         stop = start + 1
-        while stop < len(lens) and estimate(config, lens[start : stop + 1], seq_tile, part=part) <= limit:
+        while stop < len(lens) and cost(lens[start : stop + 1]) <= limit:
             stop += 1
-        chunks.append(Chunk(start, stop, estimate(config, lens[start:stop], seq_tile, part=part)))
+        chunks.append(Chunk(start, stop, cost(lens[start:stop])))
         start = stop
     return chunks
 
@@ -113,12 +116,13 @@ def split_decode(config: Qwen3Config, lens: list[int], seq_tile: int, mlp_step: 
     limit = budget_bytes() if budget is None else budget
     longest = [max(lens)]
     if estimate(config, longest, seq_tile, part="layer") <= limit:
-        return DecodeSplit("layer", _chunks(config, lens, seq_tile, "layer", limit))
+        return DecodeSplit("layer", _greedy_chunks(lens, lambda part: estimate(config, part, seq_tile, part="layer"), limit))
     inter = config.intermediate_size
     shards = 1
     while mlp_estimate(config, inter // shards) > limit and inter % (2 * shards * mlp_step) == 0:
         shards *= 2
-    return DecodeSplit("attention", _chunks(config, lens, seq_tile, "attention", limit), shards, mlp_estimate(config, inter // shards))
+    chunks = _greedy_chunks(lens, lambda part: estimate(config, part, seq_tile, part="attention"), limit)
+    return DecodeSplit("attention", chunks, shards, mlp_estimate(config, inter // shards))
 
 
 def prefill_estimate(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> int:
@@ -144,19 +148,12 @@ def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_ti
     """Contiguous chunks of sequences under the budget. A sequence that alone exceeds it is
     refused: its prefill is one program and cannot be cut further here."""
     limit = budget_bytes() if budget is None else budget
-    chunks: list[Chunk] = []
-    start = 0
-    while start < len(lens):
-        alone = prefill_estimate(config, lens[start : start + 1], seq_tile, token_tile)
-        if alone > limit:
+    chunks = _greedy_chunks(lens, lambda part: prefill_estimate(config, part, seq_tile, token_tile), limit)
+    for chunk in chunks:
+        if chunk.estimate_bytes > limit:  # only a lone sequence can be over: a chunk grows only while it fits
             raise InputError(
-                f"a checked prefill of seq_len {lens[start]} on {config.name} needs about {alone / GIB:.1f} GB in one worker "
-                f"(pypto 0.2.0 keeps every loop call's inputs to produce values on a CPU); the budget is {limit / GIB:.1f} GB. "
-                "Raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory, or use a shorter sequence"
+                f"a checked prefill of seq_len {lens[chunk.start]} on {config.name} needs about {chunk.estimate_bytes / GIB:.1f} GB "
+                f"in one worker (pypto 0.2.0 keeps every loop call's inputs to produce values on a CPU); the budget is "
+                f"{limit / GIB:.1f} GB. Raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory, or use a shorter sequence"
             )
-        stop = start + 1
-        while stop < len(lens) and prefill_estimate(config, lens[start : stop + 1], seq_tile, token_tile) <= limit:
-            stop += 1
-        chunks.append(Chunk(start, stop, prefill_estimate(config, lens[start:stop], seq_tile, token_tile)))
-        start = stop
     return chunks

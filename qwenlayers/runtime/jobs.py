@@ -64,7 +64,7 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out) or
     ``attention`` (up to the first residual, returns resid). Returns the caches as the kernel
     left them too."""
-    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention
+    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, decode_weight_layout
     from qwenlayers.runtime import sim
 
     cfg, plan, part = inputs["config"], inputs["plan"], inputs.get("part", "layer")
@@ -74,15 +74,15 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     out = torch.zeros_like(x)
     attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
-    attn_weights = [w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"]]
+    weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
     tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
     shape = DecodeShape(batch, max_seq)
     if part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
-        args = [x, *attn_weights, w["w_ln2"], w["w_gu"], w["w_down"], *tail]
-    elif part == "attention":
+        args = [x, *weights, *tail]
+    elif part == "attention":  # the weights up to w_o: the MLP's three come last in the layout
         kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options())
-        args = [x, *attn_weights, *tail]
+        args = [x, *weights[:-3], *tail]
     else:
         raise ValueError(f"decode job part={part!r}; allowed: layer, attention")
     with sim.quiet(ctx.log_path):
@@ -111,6 +111,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
     in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list).
     Returns out [T, H] and the caches as the kernel left them."""
+    from qwenlayers.core.kernels.decode import decode_weight_layout
     from qwenlayers.core.kernels.prefill import PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
     from qwenlayers.runtime import sim
 
@@ -130,7 +131,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
           (("q", cfg.q_width), ("k", cfg.kv_width), ("v", cfg.kv_width), ("attn", cfg.q_width))}
     out = torch.zeros_like(x)
     kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
-    args = [x, w["w_ln1"], w["w_q"], w["w_kv"], w["w_qn"], w["w_kn"], w["w_o"], w["w_ln2"], w["w_gu"], w["w_down"],
+    args = [x, *(w[name] for name in decode_weight_layout(cfg)),
             cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size),
             ws["q"], ws["k"], ws["v"], ws["attn"], out]
     with sim.quiet(ctx.log_path):
@@ -140,24 +141,25 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 
 @job("calibrate")
 def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes" or "flops"}}."""
+    """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes", "flops" or "ops"}}."""
     from qwenlayers.core.kernels.micro import VECTOR_OPS_PER_ELEMENT, build_cube, build_stream, build_vector
     from qwenlayers.runtime import sim
 
     rows, cols = inputs["stream_shape"]
     m, k, n = inputs["matmul_shape"]
-    opts = ctx.jit_options()
-    measured: dict[str, Any] = {}
-    with sim.quiet(ctx.log_path):
-        build_stream(rows, cols, jit_options=opts)(torch.zeros(rows, cols, dtype=torch.bfloat16),
-                                                   torch.zeros(rows, cols, dtype=torch.bfloat16))
-    measured["stream"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "bytes": 2 * rows * cols * 2}
-    with sim.quiet(ctx.log_path):
-        build_cube(m, k, n, jit_options=opts)(torch.zeros(m, k, dtype=torch.bfloat16), torch.zeros(k, n, dtype=torch.bfloat16),
-                                              torch.zeros(m, n))
-    measured["cube"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "flops": 2 * m * k * n}
     vr, vc = inputs["vector_shape"]
-    with sim.quiet(ctx.log_path):
-        build_vector(vr, vc, jit_options=opts)(torch.zeros(vr, vc), torch.zeros(vr, vc))
-    measured["vector"] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], "ops": VECTOR_OPS_PER_ELEMENT * vr * vc}
+    opts = ctx.jit_options()
+    runs = (
+        ("stream", build_stream(rows, cols, jit_options=opts),
+         (torch.zeros(rows, cols, dtype=torch.bfloat16), torch.zeros(rows, cols, dtype=torch.bfloat16)), {"bytes": 2 * rows * cols * 2}),
+        ("cube", build_cube(m, k, n, jit_options=opts),
+         (torch.zeros(m, k, dtype=torch.bfloat16), torch.zeros(k, n, dtype=torch.bfloat16), torch.zeros(m, n)), {"flops": 2 * m * k * n}),
+        ("vector", build_vector(vr, vc, jit_options=opts), (torch.zeros(vr, vc), torch.zeros(vr, vc)),
+         {"ops": VECTOR_OPS_PER_ELEMENT * vr * vc}),
+    )
+    measured: dict[str, Any] = {}
+    for name, kernel, args, work in runs:
+        with sim.quiet(ctx.log_path):
+            kernel(*args)
+        measured[name] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], **work}
     return {"measured": measured}

@@ -15,9 +15,9 @@ Data flow of one step for B sequences (all shapes static except the attention tr
 6. residual, post-attention RMSNorm, gate|up fused in one matmul, SiLU·up, down_proj, then
    **reduction point 2** (all-reduce of the partial down_proj), residual.
 
-The two reduction points are where :func:`attention_half` and :func:`mlp_half` meet: a
-sharded build (one program per half and rank, a collective between) composes the same
-functions. Hidden size and heads x head_dim are separate throughout (32B: 5120 vs 8192).
+The two reduction points are where :func:`build_decode_attention` and :func:`build_decode_mlp`
+meet: a sharded build (one program per half and rank, a collective between) composes the
+same blocks. Hidden size and heads x head_dim are separate throughout (32B: 5120 vs 8192).
 """
 
 # No `from __future__ import annotations`: pypto reads real annotation objects in jit functions.
@@ -40,7 +40,8 @@ class DecodeShape:
 
 
 def decode_weight_layout(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
-    """Kernel-side weight tensors (see :func:`qwenlayers.core.packing.pack_decode`) and their shapes."""
+    """Kernel-side weight tensors (see :func:`qwenlayers.core.packing.pack_layer`) and their shapes,
+    in the order every layer kernel takes them."""
     h, i, d = config.hidden_size, config.intermediate_size, config.head_dim
     return {
         "w_ln1": (1, h),

@@ -58,12 +58,17 @@ def run_bench(
     platforms: Sequence[str | None],
     *,
     check: bool = False,
+    baseline: bool = True,
     results: Path | None = None,
     seed: int = 0,
     registry: PlatformRegistry | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[BenchPoint], Path]:
-    """Run every (platform, batch, seq_len) point; returns the points and the plot's path."""
+    """Run every (platform, batch, seq_len) point; returns the points and the plot's path.
+
+    With ``baseline`` (decode), each point also runs the reference-schedule baseline
+    (:mod:`qwenlayers.core.kernels.reference`) in the same process, cost model only, and records
+    the speed-up and the task-count ratio of the fused kernel against it."""
     from qwenlayers.layer import decode, prefill, random_inputs
 
     say = progress or (lambda _m: None)
@@ -108,12 +113,29 @@ def run_bench(
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance,
+                    "baseline": _baseline(cfg, weights, args, target.name, reg, rep, say) if baseline and phase == "decode" else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
                 points.append(BenchPoint(target.name, batch, seq_len, record))
     plot = plot_points(points, out_dir / f"{stamp}-{cfg.name}-{phase}.png", f"{cfg.name} {phase}")
     return points, plot
+
+
+def _baseline(cfg: Any, weights: LayerWeights, args: dict[str, Any], platform: str, reg: PlatformRegistry, ours: Any,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """The reference-schedule baseline at the same point (cost model only) and our ratios to it."""
+    from qwenlayers.layer import decode
+
+    say(f"  reference-schedule baseline on {platform}")
+    ref = decode(cfg, weights, **args, platform=platform, values=False, schedule="reference", registry=reg).report
+    ours_tasks, ref_tasks = sum(ours.tasks.values()), sum(ref.tasks.values())
+    return {
+        "schedule": "reference", "sim_us": ref.sim_us, "tasks": ref.tasks, "compile_s": ref.compile_s,
+        "peak_rss_mb": ref.peak_rss_mb, "pipe_usage_pct": ref.pipe_usage_pct,
+        "speedup": ref.sim_us / ours.sim_us if ref.sim_us and ours.sim_us else None,
+        "task_ratio": ref_tasks / ours_tasks if ours_tasks else None,
+    }
 
 
 def _keep_trace(trace: str | None, run_dir: str | None, out_dir: Path, stem: str) -> Path | None:

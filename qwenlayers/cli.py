@@ -231,7 +231,7 @@ def _layer_table(title: str, report: Any) -> Table:
     """The report table of a layer run (decode or prefill)."""
     r = report.as_dict()
     extra: dict[str, Any] = {
-        "model / phase": f"{r['model']} {r['phase']}",
+        "model / phase": f"{r['model']} {r['phase']}" + (" (reference-schedule baseline)" if r["schedule"] == "reference" else ""),
         "batch, seq_lens": f"{r['batch']}: {', '.join(map(str, r['seq_lens'][:8]))}{' …' if len(r['seq_lens']) > 8 else ''}",
         "plan": ", ".join(f"{k.upper()}={v}" for k, v in r["plan"].items() if k not in ("phase", "source", "origin")),
         "workers (batch chunks)": f"{len(r['chunks'])}; timing from the {r['timing_from']}",
@@ -277,6 +277,7 @@ def run(
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
     verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
     cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
+    schedule: str = typer.Option("fused", "--schedule", help="decode: fused (ours) or reference (the baseline schedule)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -308,10 +309,16 @@ def run(
 
             from qwenlayers.layer import decode, prefill, random_inputs
 
-            run_layer = decode if phase == "decode" else prefill
+            extra: dict[str, str] = {}
+            if phase == "decode":
+                run_layer, extra = decode, {"schedule": schedule}
+            elif schedule != "fused":
+                raise InputError(f"--schedule {schedule!r} is a decode option; prefill has the fused schedule only")
+            else:
+                run_layer = prefill
             result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, plan=overrides,
                                check=check and not cost_model_only, keep=keep, values=not cost_model_only,
-                               verify_passes=verify_passes, progress=progress)
+                               verify_passes=verify_passes, progress=progress, **extra)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report
@@ -344,6 +351,8 @@ def bench(
     seq_len: str = typer.Option("64", "--seq-len", help="Sequence length(s), e.g. 128,1024,4096."),
     platform: list[str] = typer.Option([], "--platform", "-p", help="Target(s) (repeatable; default: the default platform)."),
     check: bool = typer.Option(False, "--check", help="Checked runs (values + golden) instead of cost-model runs."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline",
+                                  help="Also run the reference-schedule baseline per point (decode) and show the ratios."),
     results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
 ) -> None:
@@ -358,7 +367,7 @@ def bench(
     try:
         batches, lens = _int_list(batch, "--batch"), _int_list(seq_len, "--seq-len")
         with err.status("bench …") as status:
-            points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check,
+            points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
                                           results=Path(results) if results else None,
                                           progress=lambda m: status.update(m + " …"))
     except QwenlayersError as exc:
@@ -368,17 +377,20 @@ def bench(
         return
     table = Table(title=f"bench: {points[0].record['model']} {phase}")
     for col in ("platform", "batch x seq_len", "sim µs", "tasks AIC/AIV/HUB", "cube/vec/MTE_IN %", "GFLOP", "MB moved",
-                "roofline µs", "of roofline", "of nominal", "compile s", "peak GB"):
+                "roofline µs", "of roofline", "of nominal", "compile s", "peak GB", "reference µs", "speed-up", "task ratio"):
         table.add_column(col, justify="left" if col == "platform" else "right")
     for p in points:
         r = p.record
         pipes = r["pipe_usage_pct"]
+        ref = r.get("baseline") or {}
+        ref_cells = ((f"{ref['sim_us']:.1f}", f"{ref['speedup']:.2f}x", f"{ref['task_ratio']:.2f}x")
+                     if ref.get("speedup") else ("-", "-", "-"))
         table.add_row(p.platform, f"{p.batch} x {p.seq_len}", f"{r['sim_us']:.1f}",
                       "/".join(str(r["tasks"].get(k, 0)) for k in ("AIC", "AIV", "HUB")),
                       f"{pipes.get('Cube', 0):g}/{pipes.get('Vector', 0):g}/{pipes.get('MTE_IN', 0):g}",
                       f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:.1f}", f"{r['roofline_us']:.2f} ({r['roofline_bound']})",
                       f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{100 * (r['nominal_roofline_fraction'] or 0):.2f} %",
-                      f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}")
+                      f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}", *ref_cells)
     out.print(table)
     out.print(f"history: {plot_path.parent / 'bench.jsonl'}")
     out.print(f"plot: {plot_path}")

@@ -26,6 +26,9 @@ from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, prefill_
 
 Progress = Callable[[str], None]
 
+#: Decode schedules: the fused kernel, and the reference-schedule baseline it is measured against.
+SCHEDULES = ("fused", "reference")
+
 
 @dataclass
 class LayerReport:
@@ -59,6 +62,7 @@ class LayerReport:
     cache_max_abs_err: float | None = None
     within_tolerance: bool | None = None  # bf16 atol=rtol=1e-2 (qwenlayers.core.compare)
     outside_elementwise: int | None = None  # outputs outside the plain elementwise bar
+    schedule: str = "fused"  # or "reference": the reference-schedule baseline (decode)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +248,7 @@ def decode(
     keep: bool = False,
     values: bool = True,
     verify_passes: bool = False,
+    schedule: str = "fused",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -263,8 +268,15 @@ def decode(
     ``values=False`` runs only that cost-model run (cheap at any size): ``out`` is None and
     the caches are not touched. ``verify_passes=True`` also checks pypto's default lowered
     passes against its tensor graph (``report.verification``; slower).
+
+    ``schedule="reference"`` runs the reference-schedule baseline instead of the fused kernel
+    (:mod:`qwenlayers.core.kernels.reference`: same math, the pypto-lib reference structure),
+    which is what ``qwenlayers bench`` compares against. It is one program, so a checked run
+    of it is limited to sizes where one batch chunk runs the whole layer.
     """
     say = progress or (lambda _msg: None)
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
     cfg = as_config(config)
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
@@ -287,13 +299,18 @@ def decode(
             target, "decode",
             {"config": run_cfg, "plan": the_plan, "hidden": hidden, "weights": packed, "cos": cos, "sin": sin,
              "k_cache": _trimmed(k_cache, rows), "v_cache": _trimmed(v_cache, rows),
-             "seq_lens": torch.tensor(lens, dtype=torch.int32)},
+             "seq_lens": torch.tensor(lens, dtype=torch.int32), "schedule": schedule},
             registry=reg, values=False, keep=keep,
         )
 
     if not values:
-        return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
+        result = _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
+        result.report.schedule = schedule
+        return result
     split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
+    if schedule == "reference" and split.part != "layer":
+        raise InputError(f"a checked reference-schedule run of {cfg.name} needs one sequence of the whole layer per worker, "
+                         f"which is over the worker budget here; run it with values=False (cost model only)")
     chunks = split.chunks
     out = torch.empty_like(hidden)
     written: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
@@ -311,7 +328,7 @@ def decode(
             target, "decode",
             {"config": run_cfg, "plan": the_plan, "part": split.part, "hidden": hidden[sl].contiguous(), "weights": packed,
              "cos": cos[sl].contiguous(), "sin": sin[sl].contiguous(), "k_cache": kc, "v_cache": vc,
-             "seq_lens": torch.tensor(part, dtype=torch.int32)},
+             "seq_lens": torch.tensor(part, dtype=torch.int32), "schedule": schedule},
             registry=reg, keep=keep and single, verify_passes=verify_passes,
         )
         o = result.outputs
@@ -335,6 +352,7 @@ def decode(
     _write_back(k_cache, v_cache, written)  # all workers succeeded: the documented rows only
 
     report = _build_report("decode", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
+    report.schedule = schedule
     if check and before is not None:
         say("golden decode")
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)

@@ -38,6 +38,10 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
         assert r["flops"] > 0 and r["bytes"] > 0 and "calibrated" in r["roofline_source"] and "nominal" in r["roofline_source"]
         assert r["calibration"]["bandwidth_gb_s"] > 0 and r["calibration"]["cube_tflops"] > 0 and r["calibration"]["vector_gops"] > 0
         assert 0 < r["nominal_roofline_fraction"] < 1
+        base = r["baseline"]  # the reference schedule at the same point, same process
+        assert base["schedule"] == "reference" and base["sim_us"] > 0 and base["tasks"]["AIC"] > 0
+        assert base["speedup"] == pytest.approx(base["sim_us"] / r["sim_us"])
+        assert base["task_ratio"] == pytest.approx(sum(base["tasks"].values()) / sum(r["tasks"].values()))
         trace = json.loads(open(r["trace"]).read())  # a Perfetto/Chrome trace: JSON with events
         assert trace
     assert list(tmp_path.glob("*-tiny-decode.png"))

@@ -76,6 +76,24 @@ def test_decode_matches_golden_at_edge_lengths(runnable_platform, model):
 
 
 @pytest.mark.sim
+@pytest.mark.parametrize("model", ["tiny", "tiny-gqa8"])
+def test_the_reference_schedule_baseline_computes_the_same_layer(runnable_platform, model):
+    """The baseline bench compares against must be the same math, only scheduled the reference way."""
+    cfg = preset(model)
+    plan = qwenlayers.plan(cfg, "decode", platform=runnable_platform.name)
+    result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=3), runnable_platform,
+                                          edge_lengths(cfg, plan.seq_tile), schedule="reference")
+    assert result.report.schedule == "reference" and result.report.sim_us > 0
+
+
+def test_an_unknown_schedule_is_refused():
+    cfg = preset("tiny")
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [3])
+    with pytest.raises(InputError, match="allowed: fused, reference"):
+        qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens, schedule="fast")
+
+
+@pytest.mark.sim
 def test_decode_layer_from_a_safetensors_checkpoint(runnable_platform, tmp_path):
     cfg = preset("tiny-gqa8")
     layers = {i: qwenlayers.LayerWeights.random(cfg, seed=10 + i) for i in range(3)}

@@ -63,7 +63,8 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
     [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out) or
     ``attention`` (up to the first residual, returns resid). Returns the caches as the kernel
-    left them too."""
+    left them too. ``schedule="reference"`` builds the reference-schedule baseline
+    (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
     from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, decode_weight_layout
     from qwenlayers.runtime import sim
 
@@ -77,7 +78,16 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
     tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
     shape = DecodeShape(batch, max_seq)
-    if part == "layer":
+    if inputs.get("schedule", "fused") == "reference":
+        from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
+
+        if part != "layer":
+            raise ValueError("the reference schedule is built as the whole layer only (part=layer)")
+        kernel = build_decode_reference(cfg, shape, plan, jit_options=ctx.jit_options())
+        dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+        ws = [torch.zeros(s, dtype=dtypes[t]) for s, t in reference_workspaces(cfg, shape, plan.seq_tile).values()]
+        args = [x, *weights, *tail[:5], *ws, out]
+    elif part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
         args = [x, *weights, *tail]
     elif part == "attention":  # the weights up to w_o: the MLP's three come last in the layout

@@ -37,6 +37,9 @@ _LAZY = {
     "prefill": ("qwenlayers.layer", "prefill"),
     "LayerResult": ("qwenlayers.layer", "LayerResult"),
     "LayerReport": ("qwenlayers.layer", "LayerReport"),
+    "decode_tp": ("qwenlayers.tensor_parallel", "decode_tp"),
+    "prefill_tp": ("qwenlayers.tensor_parallel", "prefill_tp"),
+    "TPResult": ("qwenlayers.tensor_parallel", "TPResult"),
     "get_registry": ("qwenlayers.registry", "get_registry"),
 }
 

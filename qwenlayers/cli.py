@@ -277,6 +277,7 @@ def run(
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
     verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
     cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks (spawned on this host; under torchrun, its processes)."),
     schedule: str = typer.Option("fused", "--schedule", help="decode: fused (ours) or reference (the baseline schedule)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
@@ -303,6 +304,11 @@ def run(
             w = LayerWeights.random(cfg, seed=seed)
         lens = _seq_lens(batch, seq_len, seq_lens, cfg.max_seq)
         overrides = parse_overrides(tile)
+        if tp != 1:
+            if schedule != "fused":
+                raise InputError("--tp runs the fused schedule only")
+            _run_tp(cfg, w, phase, lens, tp, platform, overrides, check and not cost_model_only, not cost_model_only, seed, as_json)
+            return
         with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
             def progress(msg: str) -> None:
                 status.update(f"{cfg.name} {phase}: {msg} …")
@@ -327,6 +333,49 @@ def run(
     else:
         ok = "" if rep.within_tolerance is None else (" [green]PASS[/]" if rep.within_tolerance else " [red]FAIL[/]")
         out.print(_layer_table(f"{phase} on {rep.platform}{ok}", rep))
+    if rep.within_tolerance is False:
+        raise typer.Exit(4)
+
+
+def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: str | None, overrides: dict[str, int],
+            check: bool, values: bool, seed: int, as_json: bool) -> None:
+    """``run --tp N``: spawn N ranks here, or be one rank of torchrun's (rank 0 prints)."""
+    import os
+
+    from qwenlayers.layer import random_inputs
+    from qwenlayers.tensor_parallel import decode_tp, prefill_tp
+
+    launcher = "env" if {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ) else "spawn"
+    with err.status(f"{cfg.name} {phase} over {tp} ranks …") as status:
+        run_layer = decode_tp if phase == "decode" else prefill_tp
+        result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), tp=tp, platform=platform, plan=overrides,
+                           check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"))
+    if result is None:  # a torchrun rank other than 0
+        return
+    rep = result.report
+    if as_json:
+        print(json.dumps(rep.as_dict(), indent=2, default=str))
+    else:
+        ok = "" if rep.within_tolerance is None else (" [green]PASS[/]" if rep.within_tolerance else " [red]FAIL[/]")
+        table = Table(title=f"{rep.model} {phase} on {rep.platform}, tp={tp} ({rep.backend}){ok}")
+        for col in ("rank", "heads", "inter", "attn µs", "MLP µs", "rank µs", "AIC/AIV", "compile s", "peak GB", "AR wall s"):
+            table.add_column(col, justify="right")
+        for r in rep.ranks:
+            a, m = r.attention, r.mlp
+            tasks = "/".join(str(a["tasks"].get(k, 0) + m["tasks"].get(k, 0)) for k in ("AIC", "AIV"))
+            table.add_row(str(r.rank), f"q{r.q_heads[0]}-{r.q_heads[1] - 1} kv{r.kv_heads[0]}-{r.kv_heads[1] - 1}",
+                          f"{r.inter[0]}-{r.inter[1] - 1}",
+                          f"{a['sim_us']:.1f}", f"{m['sim_us']:.1f}", f"{r.sim_us:.1f}", tasks,
+                          f"{a['compile_s'] + m['compile_s']:.1f}", f"{max(a['peak_rss_mb'], m['peak_rss_mb']) / 1024:.2f}",
+                          f"{r.allreduce_wall_s:.3f}")
+        out.print(table)
+        c = rep.communication
+        out.print(f"slowest rank: {rep.sim_us:.1f} µs simulated (collectives not simulated); "
+                  f"{c['allreduces']} all-reduces per layer, {c['payload_bytes']:,} B fp32 payload, "
+                  f"{c['ring_bytes_per_rank']:,} B sent per rank in a ring")
+        if rep.max_abs_err is not None:
+            out.print(f"max |out - golden| {rep.max_abs_err:.4g}, max |cache - golden| {rep.cache_max_abs_err:.4g} "
+                      f"({'within' if rep.within_tolerance else 'outside'} atol=rtol=1e-2)")
     if rep.within_tolerance is False:
         raise typer.Exit(4)
 

@@ -26,6 +26,7 @@ class TargetPlugin:
     platform: ClassVar[Platform]
     anchors: ClassVar[Mapping[Phase, TilingPlan]]  # tuned plan per phase, fitted to each model
     workarounds: ClassVar[Sequence[Workaround]] = ()
+    collective_backend: ClassVar[str | None] = None  # torch.distributed backend of TP runs ("gloo", "hccl")
 
     def runtime_env(self, workdir: Path) -> dict[str, str]:
         """Environment of the pypto worker; override for targets that need one."""
@@ -43,6 +44,10 @@ class TargetPlugin:
     @hookimpl
     def qwenlayers_workarounds(self, platform: Platform) -> list[Workaround]:
         return list(self.workarounds)
+
+    @hookimpl
+    def qwenlayers_collective_backend(self, platform: Platform) -> str | None:
+        return self.collective_backend
 
     @hookimpl
     def qwenlayers_prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:

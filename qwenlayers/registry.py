@@ -271,6 +271,14 @@ class PlatformRegistry:
         results = self._caller("qwenlayers_workarounds", platform)(platform=platform)
         return WorkaroundSet(w for batch in results for w in (batch or []))
 
+    def collective_backend(self, platform: Platform) -> str:
+        """The torch.distributed backend of tensor-parallel ranks on ``platform`` (its plugin's choice)."""
+        backend = self._caller("qwenlayers_collective_backend", platform)(platform=platform)
+        if not backend:
+            raise PlatformUnavailableError(f"{self.record(platform.name).label} names no collective backend "
+                                "(hook qwenlayers_collective_backend), so it cannot run tensor parallel")
+        return str(backend)
+
     def prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:
         env = self._caller("qwenlayers_prepare_runtime", platform)(platform=platform, workdir=workdir)
         return dict(env or {})

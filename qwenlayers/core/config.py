@@ -146,6 +146,7 @@ PRESETS: dict[str, Qwen3Config] = {
         _preset("tiny", 256, 512, 4, 2, head_dim=64, max_seq=256),
         _preset("tiny-mha", 128, 256, 2, 2, head_dim=64, max_seq=128),
         _preset("tiny-gqa8", 128, 256, 8, 1, head_dim=32, max_seq=128),
+        _preset("tiny-kv4", 128, 256, 8, 4, head_dim=32, max_seq=128),  # tensor parallel up to 4 without replication
     )
 }
 

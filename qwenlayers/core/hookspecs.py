@@ -103,3 +103,24 @@ def qwenlayers_prepare_runtime(platform: Platform, workdir: Path) -> dict[str, s
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec(firstresult=True)
+def qwenlayers_collective_backend(platform: Platform) -> str | None:
+    """Name the ``torch.distributed`` backend that tensor-parallel ranks on ``platform`` use for
+    the layer's two all-reduces.
+
+    When it is called: when a tensor-parallel run (``qwenlayers run --tp N``,
+    ``qwenlayers.decode_tp``) starts its ranks on the selected platform. The core never names a
+    backend; a platform without an answer cannot run tensor parallel (a PlatformError says so).
+
+    Stops at first non-None result.
+
+    :returns: a backend name ``torch.distributed.init_process_group`` accepts, e.g. ``"gloo"``
+        (CPU processes: the sim platforms) or ``"hccl"`` (Ascend devices through torch-npu),
+        or None to defer.
+
+    Implement in: the target plugin.
+
+    .. versionadded:: 0.2
+    """

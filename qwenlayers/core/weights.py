@@ -79,6 +79,30 @@ class LayerWeights:
         return LayerWeights(self.config, {k: v.to(dtype) for k, v in self.tensors.items()})
 
     # ------------------------------------------------------------------ constructors
+    def shard(self, rank: int, tp: int) -> "LayerWeights":
+        """Rank ``rank``'s slice for tensor parallel degree ``tp`` (HF names in and out, shapes of
+        :func:`~qwenlayers.core.sharding.shard_config`): its query and KV heads of q/k/v_proj,
+        the matching input columns of o_proj, its intermediate rows of gate/up_proj and columns
+        of down_proj; the four norms whole. Slices are copies, so a shard owns its memory."""
+        from qwenlayers.core.sharding import shard_config, shard_plan
+
+        plan, d = shard_plan(self.config, tp, rank), self.config.head_dim
+        q = slice(plan.q_heads[0] * d, plan.q_heads[1] * d)
+        kv = slice(plan.kv_heads[0] * d, plan.kv_heads[1] * d)
+        i = slice(*plan.inter)
+        t = self.tensors
+        cut = {
+            "self_attn.q_proj.weight": t["self_attn.q_proj.weight"][q],
+            "self_attn.k_proj.weight": t["self_attn.k_proj.weight"][kv],
+            "self_attn.v_proj.weight": t["self_attn.v_proj.weight"][kv],
+            "self_attn.o_proj.weight": t["self_attn.o_proj.weight"][:, q],
+            "mlp.gate_proj.weight": t["mlp.gate_proj.weight"][i],
+            "mlp.up_proj.weight": t["mlp.up_proj.weight"][i],
+            "mlp.down_proj.weight": t["mlp.down_proj.weight"][:, i],
+        }
+        whole = {k: v for k, v in t.items() if k not in cut}
+        return LayerWeights(shard_config(self.config, tp), {**whole, **{k: v.contiguous().clone() for k, v in cut.items()}})
+
     @classmethod
     def coerce(cls, weights: "LayerWeights | Mapping[str, torch.Tensor]", config: Qwen3Config) -> "LayerWeights":
         """Accept a LayerWeights or a dict keyed by HF names relative to the layer."""

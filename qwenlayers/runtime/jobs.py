@@ -61,9 +61,9 @@ def rmsnorm_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 @job("decode")
 def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
-    [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out) or
-    ``attention`` (up to the first residual, returns resid). Returns the caches as the kernel
-    left them too. ``schedule="reference"`` builds the reference-schedule baseline
+    [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out),
+    ``attention`` (up to the first residual, returns resid) or ``attention_partial`` (a TP
+    rank: returns its fp32 partial o_proj). Returns the caches as the kernel left them too. ``schedule="reference"`` builds the reference-schedule baseline
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
     from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, decode_weight_layout
     from qwenlayers.runtime import sim
@@ -72,7 +72,7 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
     batch, kvh, max_seq, d = k_cache.shape
     w = inputs["weights"]
-    out = torch.zeros_like(x)
+    out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention_partial" else x.dtype)
     attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
@@ -90,11 +90,11 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     elif part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
         args = [x, *weights, *tail]
-    elif part == "attention":  # the weights up to w_o: the MLP's three come last in the layout
-        kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options())
+    elif part in ("attention", "attention_partial"):  # the weights up to w_o: the MLP's three come last
+        kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options(), residual=part == "attention")
         args = [x, *weights[:-3], *tail]
     else:
-        raise ValueError(f"decode job part={part!r}; allowed: layer, attention")
+        raise ValueError(f"decode job part={part!r}; allowed: layer, attention, attention_partial")
     with sim.quiet(ctx.log_path):
         kernel(*args)
     return {"out": out, "k_cache": k_cache, "v_cache": v_cache}
@@ -119,7 +119,8 @@ def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.T
 @job("prefill")
 def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
-    in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list).
+    in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list),
+    and ``part``: ``layer`` or ``attention`` (a TP rank: out is its fp32 partial o_proj).
     Returns out [T, H] and the caches as the kernel left them."""
     from qwenlayers.core.kernels.decode import decode_weight_layout
     from qwenlayers.core.kernels.prefill import PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
@@ -135,11 +136,12 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     x = torch.cat([x, torch.zeros(pad, x.shape[1], dtype=x.dtype)])
     cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (inputs["cos"], inputs["sin"]))
     shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
-    kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options())
+    part = inputs.get("part", "layer")
+    kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part)
     w = inputs["weights"]
     ws = {name: torch.zeros(n_tok, width, dtype=x.dtype) for name, width in
           (("q", cfg.q_width), ("k", cfg.kv_width), ("v", cfg.kv_width), ("attn", cfg.q_width))}
-    out = torch.zeros_like(x)
+    out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention" else x.dtype)
     kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
     args = [x, *(w[name] for name in decode_weight_layout(cfg)),
             cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size),

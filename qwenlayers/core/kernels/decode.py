@@ -112,6 +112,18 @@ def mlp_half(cfg: Qwen3Config, t: LayerTiles, eps: float, residual: Any, w: dict
     return blocks.linear(act, w["w_down"], t.down, fp32_out=fp32_out)
 
 
+def o_proj_out(t: LayerTiles, x: Any, attn_rows: Any, w_o: Any, residual: bool) -> Any:
+    """Step 5: ``x + o_proj(attn)`` in bf16, or (``residual=False``, a tensor-parallel rank)
+    the fp32 partial o_proj that the all-reduce of reduction point 1 sums."""
+    import pypto
+
+    if not residual:
+        return blocks.linear(attn_rows, w_o, t.o_proj, fp32_out=True)
+    o_part = blocks.linear(attn_rows, w_o, t.o_proj)
+    pypto.set_vec_tile_shapes(*t.hidden_vec)
+    return blocks.residual_add(x, o_part)
+
+
 def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any:
     """The cache write and flash-decode loop as a pypto inline function (``@pypto.frontend.function``):
     pypto's frontend parses loops and ``if`` on loop state only in parsed bodies, and this one
@@ -228,24 +240,26 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
         flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, attn)
-        o_part = blocks.linear(pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, t.o_proj)
-        # reduction point 1: a tensor-parallel build all-reduces o_part here
-        pypto.set_vec_tile_shapes(*t.hidden_vec)
-        resid = blocks.residual_add(x, o_part)
+        # reduction point 1 (a tensor-parallel rank stops before the residual: residual=False)
+        resid = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, True)
         down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
-        # reduction point 2: a tensor-parallel build all-reduces down_part here
+        # reduction point 2: a tensor-parallel run all-reduces the MLP partials (build_decode_mlp)
         pypto.set_vec_tile_shapes(*t.hidden_vec)
         out[:] = blocks.residual_add(resid, down_part)
 
     return qwen3_decode_layer
 
 
-def build_decode_attention(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+def build_decode_attention(
+    config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any], residual: bool = True
+) -> Any:
     """The layer up to reduction point 1 plus the residual: ``resid = x + o_proj(attention)``.
 
     Arguments as :func:`build_decode` without the MLP weights; the last is resid [B, H]. With
-    :func:`build_decode_mlp` this is the layer in two programs, the split a tensor-parallel
-    run makes, and the one the runtime uses when one program's values would not fit a worker.
+    :func:`build_decode_mlp` this is the layer in two programs, the split the runtime uses when
+    one program's values would not fit a worker. ``residual=False`` stops *at* reduction point
+    1: the last argument is the fp32 partial o_proj [B, H] of this rank's heads, which a
+    tensor-parallel run all-reduces before the residual.
     """
     import pypto
 
@@ -255,6 +269,7 @@ def build_decode_attention(config: Qwen3Config, shape: DecodeShape, plan: Tiling
     lay = decode_weight_layout(cfg)
     t = LayerTiles(plan, cfg, b_rows)
     flash_decode = _flash_decode_fn(cfg, t, shape)
+    out_dtype = bf16 if residual else fp32
 
     @pypto.frontend.jit(**jit_options)
     def qwen3_decode_attention(
@@ -271,14 +286,12 @@ def build_decode_attention(config: Qwen3Config, shape: DecodeShape, plan: Tiling
         v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
         seq_lens: pypto.Tensor((b_rows,), i32),
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
-        resid: pypto.Tensor((b_rows, h), bf16),
+        resid: pypto.Tensor((b_rows, h), out_dtype),
     ):
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
         flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, attn)
-        o_part = blocks.linear(pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, t.o_proj)
-        pypto.set_vec_tile_shapes(*t.hidden_vec)
-        resid[:] = blocks.residual_add(x, o_part)
+        resid[:] = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, residual)
 
     return qwen3_decode_attention
 

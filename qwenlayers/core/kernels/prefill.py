@@ -27,7 +27,7 @@ from typing import Any
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
-from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, project_qkv
+from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
 from qwenlayers.core.tiling import TilingPlan
 
 #: Columns of one work item: sequence index, its length, its first packed row, query tile index.
@@ -44,8 +44,15 @@ class PrefillShape:
     cache_rows: int  # rows per (sequence, KV head) in the cache arguments
 
 
-def build_prefill(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+def build_prefill(
+    config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any], part: str = "layer"
+) -> Any:
     """A jit kernel for the prefill of packed tokens.
+
+    ``part="attention"`` stops at reduction point 1 (a tensor-parallel rank): loop C computes
+    only this rank's fp32 partial o_proj into ``out`` [T, H] fp32 (the MLP weights are still
+    arguments, unused), and the MLP runs as :func:`~qwenlayers.core.kernels.decode.build_decode_mlp`
+    after the all-reduce.
 
     Arguments: x [T, H], the :func:`decode_weight_layout` tensors, cos/sin [T, 1, D] fp32,
     k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b),
@@ -67,6 +74,9 @@ def build_prefill(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *,
     st, qhb, scale = plan.seq_tile, plan.q_head_batch, d**-0.5
     qrows = st * g  # query rows of one KV head in one query tile, ordered (token, group head)
     cube_m = min(plan.cube_m, qrows)
+    if part not in ("layer", "attention"):
+        raise ValueError(f"build_prefill part={part!r}; allowed: layer, attention")
+    out_dtype = bf16 if part == "layer" else fp32
 
     @pypto.frontend.jit(**jit_options)
     def qwen3_prefill_layer(
@@ -90,7 +100,7 @@ def build_prefill(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *,
         k_ws: pypto.Tensor((n_tok, kw), bf16),
         v_ws: pypto.Tensor((n_tok, kw), bf16),
         attn: pypto.Tensor((n_tok, qw), bf16),
-        out: pypto.Tensor((n_tok, h), bf16),
+        out: pypto.Tensor((n_tok, h), out_dtype),
     ):
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
@@ -160,16 +170,22 @@ def build_prefill(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *,
         for i in pypto.loop(n_tiles, name="LOOP_tok_mlp", idx_name="i"):
             xt = pypto.view(x, [tt, h], [i * tt, 0])
             at = pypto.view(attn, [tt, qw], [i * tt, 0])
-            o_part = blocks.linear(at, w_o, t.o_proj)
-            # reduction point 1: a tensor-parallel build all-reduces o_part here
-            pypto.set_vec_tile_shapes(*t.hidden_vec)
-            resid = blocks.residual_add(xt, o_part)
-            down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
-            # reduction point 2: a tensor-parallel build all-reduces down_part here
-            pypto.set_vec_tile_shapes(*t.hidden_vec)
-            pypto.assemble(blocks.residual_add(resid, down_part), [i * tt, 0], out)
+            pypto.assemble(_tail(cfg, t, eps, xt, at, w, part), [i * tt, 0], out)
 
     return qwen3_prefill_layer
+
+
+def _tail(cfg: Qwen3Config, t: LayerTiles, eps: float, xt: Any, at: Any, w: dict[str, Any], part: str) -> Any:
+    """Loop C's body for one token tile: the layer's output rows, or a TP rank's fp32 partial
+    o_proj (reduction point 1; the all-reduce, residual and MLP happen after the program)."""
+    import pypto
+
+    if part == "attention":
+        return o_proj_out(t, xt, at, w["w_o"], residual=False)
+    resid = o_proj_out(t, xt, at, w["w_o"], residual=True)
+    down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)  # reduction point 2 when sharded
+    pypto.set_vec_tile_shapes(*t.hidden_vec)
+    return blocks.residual_add(resid, down_part)
 
 
 def token_tile(plan: TilingPlan, tokens: int) -> int:

@@ -24,6 +24,7 @@ class A2A3SimPlugin(TargetPlugin):
         probe=sim_probe,
     )
     anchors = figures.ANCHORS
+    collective_backend = "gloo"  # simulated ranks are CPU processes
     workarounds = PYPTO_020_SIM
 
     def runtime_env(self, workdir: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ class A5Plugin(TargetPlugin):
     dist = "qwenlayers-a5"
     platform = figures.A5
     anchors = figures.ANCHORS
+    collective_backend = "hccl"  # HCCL through torch-npu on the device host
     workarounds = PYPTO_020  # on a device host pypto takes its arch from CANN: no runtime env
 
 

@@ -45,6 +45,7 @@ class A5SimPlugin(TargetPlugin):
         probe=sim_probe,
     )
     anchors = figures.ANCHORS
+    collective_backend = "gloo"  # simulated ranks are CPU processes
     workarounds = (*PYPTO_020_SIM, A5_TARGET_SELECTION, A5_ROPE_VERIFY)
 
     def runtime_env(self, workdir: Path) -> dict[str, str]:

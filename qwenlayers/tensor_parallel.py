@@ -1,0 +1,405 @@
+"""Tensor-parallel layer runs: ``qwenlayers.decode_tp`` / ``qwenlayers.prefill_tp`` and ``run --tp N``.
+
+Each of ``tp`` ranks holds one shard of the layer (:mod:`qwenlayers.core.sharding`) and runs
+two programs built for the shard's shapes, with the plugin's tiling for the shard config:
+
+1. attention up to reduction point 1 (its heads: norms, Q/K/V, RoPE, cache write of its KV
+   heads, flash attention, the partial o_proj in fp32), then **all-reduce**; the residual;
+2. post-attention RMSNorm and its intermediate columns of the MLP (partial down_proj, fp32),
+   then **all-reduce**; the residual.
+
+The collectives are ``torch.distributed`` with the backend the platform's plugin names
+(``qwenlayers_collective_backend``: gloo for the sims, hccl on NPUs); qwenlayers builds no
+communication layer. Every collective has the process group's timeout, so a rank that dies
+cannot leave the others waiting: the launcher reports the first failing rank's error.
+
+Ranks start as ``torch.multiprocessing`` spawns on one host (the sims), or, under
+``torchrun``, as the processes torchrun started (``launcher="env"``; rank 0 gets the
+result). As in :mod:`qwenlayers.layer`, the caller's caches change only after every rank
+succeeded, and only at the documented rows.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwenlayers.core import contract, golden, packing
+from qwenlayers.core.compare import compare
+from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.platform import Phase
+from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, check_tp, shard_config, shard_plan
+from qwenlayers.core.tiling import TilingPlan
+from qwenlayers.core.weights import LayerWeights
+from qwenlayers.errors import InputError, KernelError
+from qwenlayers.registry import PlatformRegistry, get_registry
+
+Progress = Callable[[str], None]
+DEFAULT_TIMEOUT_S = 900.0  # per collective; a tiny rank program takes seconds, a 32B one minutes
+
+
+@dataclass
+class RankReport:
+    """One rank's shard and what its two programs cost."""
+
+    rank: int
+    q_heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    inter: tuple[int, int]
+    sim_us: float | None  # attention + MLP programs (the rank's layer time without communication)
+    attention: dict[str, Any]
+    mlp: dict[str, Any]
+    allreduce_wall_s: float  # host wall time in the two collectives (gloo on the sims; not simulated)
+
+
+@dataclass
+class TPReport:
+    phase: Phase
+    platform: str
+    model: str
+    tp: int
+    backend: str
+    batch: int
+    seq_lens: list[int]
+    plan: dict[str, Any]  # the shard's tiling (plugin defaults for the shard config)
+    ranks: list[RankReport]
+    communication: dict[str, int]
+    wall_s: float
+    max_abs_err: float | None = None
+    cache_max_abs_err: float | None = None
+    within_tolerance: bool | None = None
+
+    @property
+    def sim_us(self) -> float | None:
+        """The slowest rank's simulated layer time (the collectives are not simulated)."""
+        times = [r.sim_us for r in self.ranks if r.sim_us is not None]
+        return max(times) if times else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sim_us": self.sim_us}
+
+
+@dataclass
+class TPResult:
+    out: torch.Tensor | None
+    report: TPReport
+    k_cache: torch.Tensor | None = None
+    v_cache: torch.Tensor | None = None
+
+
+@dataclass
+class _Job:
+    """What every rank needs; each rank's own weights and cache shard are cut from it."""
+
+    phase: Phase
+    platform: str
+    config: Qwen3Config  # full layer, max_seq of the caches
+    tp: int
+    plan: TilingPlan
+    lens: list[int]
+    values: bool
+    timeout_s: float
+    backend: str
+    fault_rank: int | None = None  # tests: this rank raises before its first collective
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 rank: int) -> dict[str, Any]:
+    """The rank's packed weight shard, its KV heads of the caches (trimmed to the rows the
+    kernel may read), the replicated activations and RoPE rows."""
+    from qwenlayers.layer import _trimmed
+    from qwenlayers.runtime.chunking import cache_rows_needed
+
+    sp = shard_plan(job.config, job.tp, rank)
+    kv = slice(*sp.kv_heads)
+    rows = cache_rows_needed(job.lens, job.plan.seq_tile)
+    inputs: dict[str, Any] = {
+        "shard": sp, "weights": packing.pack_layer(weights.shard(rank, job.tp)),
+        "k_cache": _trimmed(k_cache[:, kv], rows), "v_cache": _trimmed(v_cache[:, kv], rows),
+    }
+    d, theta = job.config.head_dim, job.config.rope_theta
+    if job.phase == "decode":
+        inputs["hidden"] = hidden
+        inputs["cos"], inputs["sin"] = packing.rope_rows(torch.tensor(job.lens) - 1, d, theta)
+    else:
+        inputs["hidden"] = torch.cat([hidden[b, :n] for b, n in enumerate(job.lens)])
+        inputs["cos"], inputs["sin"] = packing.rope_rows(torch.cat([torch.arange(n) for n in job.lens]), d, theta)
+    return inputs
+
+
+def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[[torch.Tensor], float]) -> dict[str, Any]:
+    """One rank: attention program, all-reduce, residual, MLP program, all-reduce, residual."""
+    from qwenlayers.runtime.worker import run_job
+
+    reg = get_registry()
+    target = reg.select(job.platform, require_available=True)
+    cfg = shard_config(job.config, job.tp)
+    packed, hidden = inputs["weights"], inputs["hidden"]
+    if job.fault_rank == rank:
+        raise KernelError(f"injected fault on rank {rank} (fault_rank={rank})")
+    common = {"config": cfg, "plan": job.plan, "hidden": hidden, "weights": packed, "cos": inputs["cos"],
+              "sin": inputs["sin"], "k_cache": inputs["k_cache"], "v_cache": inputs["v_cache"]}
+    if job.phase == "decode":
+        attn = run_job(target, "decode", {**common, "part": "attention_partial", "seq_lens": torch.tensor(job.lens, dtype=torch.int32)},
+                       registry=reg, values=job.values)
+    else:
+        attn = run_job(target, "prefill", {**common, "part": "attention", "seq_lens": job.lens}, registry=reg, values=job.values)
+    o_part = attn.outputs["out"].float().contiguous()
+    comm_s = allreduce(o_part)  # reduction point 1
+    resid = (hidden.float() + o_part.bfloat16().float()).bfloat16()  # o_proj rounds once, as unsharded
+    rows = resid.shape[0]
+    tile = job.plan.cube_m
+    padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if rows % tile and rows > tile else resid
+    mlp = run_job(target, "decode_mlp", {"config": cfg, "plan": job.plan, "resid": padded, "w_ln2": packed["w_ln2"],
+                                         "w_gu": packed["w_gu"], "w_down": packed["w_down"]}, registry=reg, values=job.values)
+    down = mlp.outputs["part"][:rows].float().contiguous()
+    comm_s += allreduce(down)  # reduction point 2
+    out = (resid.float() + down.bfloat16().float()).bfloat16()
+    return {"out": out, "k_cache": attn.outputs["k_cache"], "v_cache": attn.outputs["v_cache"],
+            "attention": attn.report, "mlp": mlp.report, "allreduce_wall_s": comm_s}
+
+
+def _process_group(job: _Job, rank: int, init_method: str) -> Callable[[torch.Tensor], float]:
+    import torch.distributed as dist
+
+    dist.init_process_group(job.backend, init_method=init_method, rank=rank, world_size=job.tp,
+                            timeout=timedelta(seconds=job.timeout_s))
+
+    def allreduce(t: torch.Tensor) -> float:
+        start = time.perf_counter()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return time.perf_counter() - start
+
+    return allreduce
+
+
+def _spawned_rank(rank: int, job: _Job, spec_dir: str, init_method: str) -> None:
+    """Entry point of a spawned rank: inputs from, and results to, ``spec_dir``."""
+    import torch.distributed as dist
+
+    allreduce = _process_group(job, rank, init_method)
+    try:
+        inputs = torch.load(Path(spec_dir) / f"rank{rank}.pt", weights_only=False)
+        torch.save(_run_rank(job, rank, inputs, allreduce), Path(spec_dir) / f"result{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Progress) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="qwenlayers-tp-") as spec_dir:
+        for rank in range(job.tp):
+            torch.save(per_rank(rank), Path(spec_dir) / f"rank{rank}.pt")
+        init = f"tcp://127.0.0.1:{_free_port()}"
+        say(f"{job.tp} ranks ({job.backend}) running their shards")
+        try:
+            mp.start_processes(_spawned_rank, args=(job, spec_dir, init), nprocs=job.tp, join=True, start_method="spawn")
+        except mp.ProcessRaisedException as exc:  # the other ranks were terminated, none waits
+            raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} failed; the run was stopped:\n{exc}") from None
+        except mp.ProcessExitedException as exc:
+            raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} exited with code {exc.exit_code} "
+                              f"(signal {exc.signal_name}); the run was stopped") from None
+        return [torch.load(Path(spec_dir) / f"result{rank}.pt", weights_only=False) for rank in range(job.tp)]
+
+
+def _launch_env(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Progress) -> list[dict[str, Any]] | None:
+    """Under torchrun: this process is rank $RANK; rank 0 gathers every rank's result."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world != job.tp:
+        raise InputError(f"tp={job.tp} but torchrun started WORLD_SIZE={world} processes; pass --nproc-per-node {job.tp}")
+    allreduce = _process_group(job, rank, "env://")
+    try:
+        say(f"rank {rank} of {world} ({job.backend}) running its shard")
+        result = _run_rank(job, rank, per_rank(rank), allreduce)
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(result, gathered, dst=0)
+        return gathered
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+         launcher: str, say: Progress) -> list[dict[str, Any]] | None:
+    def per_rank(rank: int) -> dict[str, Any]:
+        return _rank_inputs(job, weights, hidden, k_cache, v_cache, rank)
+
+    if launcher == "env":
+        return _launch_env(job, per_rank, say)
+    if launcher != "spawn":
+        raise InputError(f"launcher={launcher!r}; allowed: spawn (one host), env (under torchrun)")
+    return _launch_spawn(job, per_rank, say)
+
+
+def _prepare(phase: Phase, config: Any, tp: int, platform: str | None, plan: TilingPlan | Mapping[str, int] | None,
+             lens: list[int], max_seq: int, values: bool, timeout_s: float, fault_rank: int | None,
+             registry: PlatformRegistry | None) -> _Job:
+    from qwenlayers.layer import resolve_plan
+
+    cfg = as_config(config).with_max_seq(max_seq)
+    check_tp(cfg, tp)
+    reg = registry or get_registry()
+    target = reg.select(platform, require_available=True)
+    backend = reg.collective_backend(target)
+    the_plan = resolve_plan(reg, target, shard_config(cfg, tp), phase, plan, lens)  # the plugin sees the shard
+    return _Job(phase, target.name, cfg, tp, the_plan, lens, values, timeout_s, backend, fault_rank)
+
+
+def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_cache: torch.Tensor,
+            spans: list[tuple[int, int]], wall: float) -> tuple[torch.Tensor, TPReport]:
+    """Check every rank's cache shard, write back the documented rows, build the report."""
+    from qwenlayers.layer import _check_only_spans_written, _trimmed
+    from qwenlayers.runtime.chunking import cache_rows_needed
+
+    rows = cache_rows_needed(job.lens, job.plan.seq_tile)
+    shards = [shard_plan(job.config, job.tp, r) for r in range(job.tp)]
+    if job.values:
+        for sp, res in zip(shards, results):
+            kv = slice(*sp.kv_heads)
+            for name, full in (("k_cache", k_cache), ("v_cache", v_cache)):
+                _check_only_spans_written(job.phase, f"{name} (rank {sp.rank})", _trimmed(full[:, kv], rows), res[name], spans, 0)
+        for sp, res in zip(shards, results):  # every rank succeeded: write back, one replica per KV head
+            if not sp.owns_kv:
+                continue
+            kv = slice(*sp.kv_heads)
+            for b, (start, stop) in enumerate(spans):
+                k_cache[b, kv, start:stop] = res["k_cache"][b, :, start:stop]
+                v_cache[b, kv, start:stop] = res["v_cache"][b, :, start:stop]
+    ranks = [_rank_report(sp, res) for sp, res in zip(shards, results)]
+    tokens = len(job.lens) if job.phase == "decode" else sum(job.lens)
+    report = TPReport(job.phase, job.platform, job.config.name, job.tp, job.backend, len(job.lens), job.lens,
+                      job.plan.as_dict(), ranks, allreduce_bytes(tokens, job.config, job.tp), round(wall, 2))
+    return results[0]["out"], report
+
+
+def _rank_report(sp: ShardPlan, res: dict[str, Any]) -> RankReport:
+    def part(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: r.get(k) for k in ("sim_us", "tasks", "compile_s", "simulate_s", "peak_rss_mb")}
+
+    a, m = res["attention"], res["mlp"]
+    total = a["sim_us"] + m["sim_us"] if a.get("sim_us") is not None and m.get("sim_us") is not None else None
+    return RankReport(sp.rank, sp.q_heads, sp.kv_heads, sp.inter, total, part(a), part(m), round(res["allreduce_wall_s"], 3))
+
+
+def decode_tp(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    weights: LayerWeights | Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    tp: int,
+    platform: str | None = None,
+    plan: TilingPlan | Mapping[str, int] | None = None,
+    check: bool = False,
+    values: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    launcher: str = "spawn",
+    registry: PlatformRegistry | None = None,
+    progress: Progress | None = None,
+    fault_rank: int | None = None,
+) -> TPResult | None:
+    """One decode step of one layer split over ``tp`` ranks (same contract as
+    :func:`qwenlayers.decode`: caches [B, KVH, MAX_SEQ, D] written at row seq_len-1 only).
+
+    ``plan`` is the shard's plan (default: the plugin's tiling for the shard config). Under
+    torchrun pass ``launcher="env"``: every process calls this with the same arguments and
+    rank 0 gets the result (the others None). ``fault_rank`` makes that rank fail (tests).
+    """
+    say = progress or (lambda _m: None)
+    cfg = as_config(config)
+    lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
+    w = LayerWeights.coerce(weights, cfg)
+    job = _prepare("decode", cfg, tp, platform, plan, lens, k_cache.shape[2], values, timeout_s, fault_rank, registry)
+    start = time.perf_counter()
+    before = (k_cache.clone(), v_cache.clone()) if check else None
+    results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
+    if results is None:
+        return None
+    out, report = _finish(job, results, k_cache, v_cache, [(n - 1, n) for n in lens], time.perf_counter() - start)
+    if check and before is not None and values:
+        say("golden decode")
+        ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
+        _record(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+    return TPResult(out if values else None, report, k_cache, v_cache)
+
+
+def prefill_tp(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    weights: LayerWeights | Mapping[str, torch.Tensor],
+    hidden: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    tp: int,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    platform: str | None = None,
+    plan: TilingPlan | Mapping[str, int] | None = None,
+    check: bool = False,
+    values: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    launcher: str = "spawn",
+    registry: PlatformRegistry | None = None,
+    progress: Progress | None = None,
+    fault_rank: int | None = None,
+) -> TPResult | None:
+    """Causal prefill of one layer split over ``tp`` ranks (same contract as
+    :func:`qwenlayers.prefill`: out [B, S, H] with padding rows zero; caches the caller's,
+    written at rows 0..seq_len-1, or allocated)."""
+    say = progress or (lambda _m: None)
+    cfg = as_config(config)
+    if (k_cache is None) != (v_cache is None):
+        raise InputError("pass both k_cache and v_cache, or neither (prefill then allocates them)")
+    batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 else 0
+    max_seq = (contract.check_caches(cfg, k_cache, v_cache, batch, torch.bfloat16, contiguous=True)
+               if k_cache is not None else cfg.max_seq)
+    lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
+    w = LayerWeights.coerce(weights, cfg)
+    if k_cache is None or v_cache is None:
+        shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
+        k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
+    job = _prepare("prefill", cfg, tp, platform, plan, lens, max_seq, values, timeout_s, fault_rank, registry)
+    start = time.perf_counter()
+    before = (k_cache.clone(), v_cache.clone()) if check else None
+    results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
+    if results is None:
+        return None
+    packed_out, report = _finish(job, results, k_cache, v_cache, [(0, n) for n in lens], time.perf_counter() - start)
+    out = torch.zeros_like(hidden)
+    offset = 0
+    for b, n in enumerate(lens):
+        out[b, :n] = packed_out[offset : offset + n]
+        offset += n
+    if check and before is not None and values:
+        say("golden prefill")
+        ref, ref_k, ref_v = golden.prefill(cfg, w, hidden, seq_lens, max_seq=max_seq)
+        for b, n in enumerate(lens):  # rows past seq_len are the caller's
+            ref_k[b][:, n:] = before[0][b][:, n:]
+            ref_v[b][:, n:] = before[1][b][:, n:]
+        _record(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+    return TPResult(out if values else None, report, k_cache, v_cache)
+
+
+def _record(report: TPReport, out: Any, caches: list[Any]) -> None:
+    report.max_abs_err = out.max_abs_err
+    report.cache_max_abs_err = max(c.max_abs_err for c in caches)
+    report.within_tolerance = out.ok and all(c.ok for c in caches)

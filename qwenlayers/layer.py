@@ -285,7 +285,7 @@ def decode(
     max_seq = k_cache.shape[2]
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "decode", plan, lens)
-    st = the_plan.seq_tile
+    st = the_plan.attention_block  # cache rows travel in whole attention iterations
 
     from qwenlayers.runtime.worker import run_job
 
@@ -402,7 +402,7 @@ def prefill(
     target = reg.select(platform, require_available=True)
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan, lens)
-    st = the_plan.seq_tile
+    st = the_plan.attention_block  # cache rows travel in whole attention iterations
     chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m) if values else []
 
     from qwenlayers.runtime.worker import run_job

@@ -122,7 +122,7 @@ def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache
 
     sp = shard_plan(job.config, job.tp, rank)
     kv = slice(*sp.kv_heads)
-    rows = cache_rows_needed(job.lens, job.plan.seq_tile)
+    rows = cache_rows_needed(job.lens, job.plan.attention_block)
     inputs: dict[str, Any] = {
         "shard": sp, "weights": packing.pack_layer(weights.shard(rank, job.tp)),
         "k_cache": _trimmed(k_cache[:, kv], rows), "v_cache": _trimmed(v_cache[:, kv], rows),
@@ -269,7 +269,7 @@ def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_c
     from qwenlayers.layer import _check_only_spans_written, _trimmed
     from qwenlayers.runtime.chunking import cache_rows_needed
 
-    rows = cache_rows_needed(job.lens, job.plan.seq_tile)
+    rows = cache_rows_needed(job.lens, job.plan.attention_block)
     shards = [shard_plan(job.config, job.tp, r) for r in range(job.tp)]
     if job.values:
         for sp, res in zip(shards, results):

@@ -28,8 +28,10 @@ def make_inputs(cfg, lens, seed=0):
     return hidden, k_cache, v_cache, torch.tensor(lens, dtype=torch.int32)
 
 
-def edge_lengths(cfg, seq_tile):
-    return [1, seq_tile - 1, seq_tile, seq_tile + 1, cfg.max_seq]
+def edge_lengths(cfg, plan):
+    """1, the edges of a SEQ_TILE tile and of a KV_BLOCK iteration, and MAX_SEQ."""
+    st, kb = plan.seq_tile, plan.kv_block
+    return sorted({n for n in (1, st - 1, st, st + 1, kb - 1, kb, kb + 1, cfg.max_seq) if 1 <= n <= cfg.max_seq})
 
 
 def assert_decode_matches_golden(cfg, weights, platform, lens, **kwargs):
@@ -62,12 +64,18 @@ def assert_decode_matches_golden(cfg, weights, platform, lens, **kwargs):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("model", ["tiny", "tiny-mha", "tiny-gqa8"])  # GQA 2, 1, 8; tiny-gqa8 has 8x32 != hidden 128
-def test_decode_matches_golden_at_edge_lengths(runnable_platform, model):
+@pytest.mark.parametrize(("model", "tiles"), [
+    ("tiny", {}),  # GQA 2; the default KV_BLOCK covers MAX_SEQ: one attention iteration per sequence
+    ("tiny", {"KV_BLOCK": 128}),  # two SEQ_TILE tiles per iteration, up to two iterations (online softmax)
+    ("tiny-mha", {"KV_BLOCK": 64}),  # GQA 1, one tile per iteration
+    ("tiny-gqa8", {}),  # GQA 8; 8x32 != hidden 128
+])
+def test_decode_matches_golden_at_edge_lengths(runnable_platform, model, tiles):
     cfg = preset(model)
-    plan = qwenlayers.plan(cfg, "decode", platform=runnable_platform.name)
-    lens = edge_lengths(cfg, plan.seq_tile)
-    result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=3), runnable_platform, lens)
+    plan = qwenlayers.plan(cfg, "decode", platform=runnable_platform.name, overrides=tiles)
+    lens = edge_lengths(cfg, plan)
+    result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=3), runnable_platform, lens,
+                                          plan=tiles)
     r = result.report
     assert r.arch == runnable_platform.arch and r.cost_model_arch == runnable_platform.sim_arch
     assert r.sim_us > 0 and r.tasks["AIC"] > 0 and r.tasks["AIV"] > 0 and r.compile_s > 0
@@ -82,7 +90,7 @@ def test_the_reference_schedule_baseline_computes_the_same_layer(runnable_platfo
     cfg = preset(model)
     plan = qwenlayers.plan(cfg, "decode", platform=runnable_platform.name)
     result = assert_decode_matches_golden(cfg, qwenlayers.LayerWeights.random(cfg, seed=3), runnable_platform,
-                                          edge_lengths(cfg, plan.seq_tile), schedule="reference")
+                                          edge_lengths(cfg, plan), schedule="reference")
     assert result.report.schedule == "reference" and result.report.sim_us > 0
 
 

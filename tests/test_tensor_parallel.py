@@ -82,6 +82,14 @@ def test_the_collective_backend_is_the_plugins_choice():
     assert reg.collective_backend(reg.get("a5")) == "hccl" and reg.collective_backend(reg.get("a2a3")) == "hccl"
 
 
+def test_the_core_never_names_a_collective_backend():
+    from pathlib import Path
+
+    core = Path(qwenlayers.__file__).parent / "core"
+    hits = [p.name for p in core.rglob("*.py") if any(b in p.read_text().lower() for b in ("gloo", "hccl", "nccl"))]
+    assert hits == []
+
+
 def test_a_platform_naming_no_backend_cannot_run_tensor_parallel():
     from qwenlayers_a5sim.plugin import A5SimPlugin
 

@@ -23,7 +23,18 @@ def test_32b_anchor_is_reference_000():
     p = plan("qwen3-32b", "prefill", platform="a5sim")
     assert p.values() == {"tok_tile": 4, "k_chunk": 128, "q_out_chunk": 64, "kv_out_chunk": 64,
                           "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64,  # reference 000's table
-                          "cube_m": 16, "k_l1": 1024}  # pypto cube staging (docs/decode.md)
+                          "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
+                          "kv_block": 4096}  # decode attention rows per loop iteration (docs/decode.md)
+
+
+def test_kv_block_is_whole_seq_tiles_and_fits_the_cache():
+    p = plan("tiny", "decode", platform="a5sim")  # max_seq 256: the 4096 anchor is fitted down
+    assert p.kv_block == 256 and p.attention_block == 256
+    assert plan("tiny", "prefill", platform="a5sim").attention_block == p.seq_tile  # prefill: query tile = key block
+    with pytest.raises(TilingError, match="kv_block=96 is not a multiple of seq_tile=64"):
+        plan("tiny", "decode", platform="a5sim", overrides={"kv_block": 96})
+    with pytest.raises(TilingError, match="kv_block=512 exceeds max_seq=256"):
+        plan("tiny", "decode", platform="a5sim", overrides={"kv_block": 512})
 
 
 def test_override_over_budget_names_tile_bytes_budget_and_origin():

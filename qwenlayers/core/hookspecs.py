@@ -116,9 +116,8 @@ def qwenlayers_collective_backend(platform: Platform) -> str | None:
 
     Stops at first non-None result.
 
-    :returns: a backend name ``torch.distributed.init_process_group`` accepts, e.g. ``"gloo"``
-        (CPU processes: the sim platforms) or ``"hccl"`` (Ascend devices through torch-npu),
-        or None to defer.
+    :returns: a backend name ``torch.distributed.init_process_group`` accepts (a CPU backend
+        for simulated ranks, the device's collective library for NPU ranks), or None to defer.
 
     Implement in: the target plugin.
 

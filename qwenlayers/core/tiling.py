@@ -27,7 +27,8 @@ TILE_FIELDS: dict[str, str] = {
     "kv_out_chunk": "key/value-projection output columns per step",
     "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
     "q_head_batch": "query heads of one KV group per attention tile",
-    "seq_tile": "KV-cache rows per attention block",
+    "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
+    "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
     "cube_m": "activation rows per cube (L0A) tile",
     "k_l1": "reduction columns staged in L1 per cube step (a multiple of every L0 k tile)",
 }
@@ -48,12 +49,15 @@ class TilingPlan:
     seq_tile: int
     cube_m: int = 16
     k_l1: int = 1024
+    kv_block: int = 0  # 0: one SEQ_TILE per iteration (plans written before the field existed)
     source: str = "default"
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise TilingError(f"TilingPlan.phase={self.phase!r}; allowed: {', '.join(PHASES)}")
+        if self.kv_block == 0:
+            object.__setattr__(self, "kv_block", self.seq_tile)
         for name in TILE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -63,6 +67,12 @@ class TilingPlan:
     def per_phase(cls, source: str = "default", **values: int) -> "dict[Phase, TilingPlan]":
         """The same tile sizes as a plan for each phase (how plugins declare their anchor)."""
         return {phase: cls(phase=phase, source=source, **values) for phase in PHASES}
+
+    @property
+    def attention_block(self) -> int:
+        """K/V rows one attention loop iteration covers: ``kv_block`` in decode (split into
+        ``seq_tile`` tiles inside the iteration), ``seq_tile`` in prefill (query tile = key block)."""
+        return self.kv_block if self.phase == "decode" else self.seq_tile
 
     def values(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TILE_FIELDS}
@@ -225,6 +235,12 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
             )
     if plan.seq_tile > config.max_seq:
         raise TilingError(f"seq_tile={plan.seq_tile} exceeds max_seq={config.max_seq} {where} {src('seq_tile')}; use seq_tile <= max_seq")
+    if plan.kv_block % plan.seq_tile:
+        raise TilingError(f"kv_block={plan.kv_block} is not a multiple of seq_tile={plan.seq_tile} {where} {src('kv_block')}; "
+                          "one attention iteration runs whole seq_tile tiles")
+    if plan.kv_block > max(config.max_seq, plan.seq_tile):
+        raise TilingError(f"kv_block={plan.kv_block} exceeds max_seq={config.max_seq} {where} {src('kv_block')}; "
+                          "use kv_block <= max_seq")
 
 
 def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, phase: Phase) -> TilingPlan:
@@ -241,6 +257,8 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
             if fits:
                 own = [c for c in tile_checks(candidate, config, platform) if c.tile.governs == name]
                 fits = all(c.ok for c in own) and (name != "seq_tile" or value <= config.max_seq)
+                if name == "kv_block":  # whole seq_tile tiles, no longer than the cache
+                    fits = value % plan.seq_tile == 0 and value <= max(config.max_seq, plan.seq_tile)
             if fits or value == 1:
                 break
             value //= 2

@@ -55,23 +55,23 @@ def mlp_weight_bytes(config: Qwen3Config, inter: int) -> int:
     return 2 * (3 * config.hidden_size * inter + config.hidden_size)
 
 
-def cache_rows_needed(lens: list[int], seq_tile: int) -> int:
+def cache_rows_needed(lens: list[int], block: int) -> int:
     """Cache rows a chunk's kernel is compiled for: its longest sequence rounded up to whole
     attention blocks. Rows past the longest sequence are never read or written, so they need
     not travel; rounding up (padding past MAX_SEQ if needed) keeps every block view in bounds."""
-    return -(-max(lens) // seq_tile) * seq_tile
+    return -(-max(lens) // block) * block
 
 
-def attention_capture_bytes(config: Qwen3Config, lens: list[int], seq_tile: int) -> int:
-    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, seq_tile) * config.head_dim * 2
-    loop_calls = len(lens) + sum(-(-n // seq_tile) for n in lens)
+def attention_capture_bytes(config: Qwen3Config, lens: list[int], block: int) -> int:
+    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, block) * config.head_dim * 2
+    loop_calls = len(lens) + sum(-(-n // block) for n in lens)
     return int(CAPTURE_FACTOR * cache * (1 + loop_calls))
 
 
-def estimate(config: Qwen3Config, lens: list[int], seq_tile: int, *, part: str) -> int:
+def estimate(config: Qwen3Config, lens: list[int], block: int, *, part: str) -> int:
     """Estimated peak bytes of one worker computing values for ``part`` (layer or attention)."""
     weights = config.weight_bytes() if part == "layer" else attention_weight_bytes(config)
-    return int(BASE_BYTES + WEIGHT_FACTOR * weights + attention_capture_bytes(config, lens, seq_tile))
+    return int(BASE_BYTES + WEIGHT_FACTOR * weights + attention_capture_bytes(config, lens, block))
 
 
 def mlp_estimate(config: Qwen3Config, inter: int) -> int:
@@ -110,18 +110,18 @@ def _greedy_chunks(lens: list[int], cost: Callable[[list[int]], int], limit: int
     return chunks
 
 
-def split_decode(config: Qwen3Config, lens: list[int], seq_tile: int, mlp_step: int, *, budget: int | None = None) -> DecodeSplit:
+def split_decode(config: Qwen3Config, lens: list[int], block: int, mlp_step: int, *, budget: int | None = None) -> DecodeSplit:
     """Cut a checked decode run so every worker's estimate stays under the budget where it
     can. ``mlp_step`` is the granule an MLP shard's width must be a multiple of."""
     limit = budget_bytes() if budget is None else budget
     longest = [max(lens)]
-    if estimate(config, longest, seq_tile, part="layer") <= limit:
-        return DecodeSplit("layer", _greedy_chunks(lens, lambda part: estimate(config, part, seq_tile, part="layer"), limit))
+    if estimate(config, longest, block, part="layer") <= limit:
+        return DecodeSplit("layer", _greedy_chunks(lens, lambda part: estimate(config, part, block, part="layer"), limit))
     inter = config.intermediate_size
     shards = 1
     while mlp_estimate(config, inter // shards) > limit and inter % (2 * shards * mlp_step) == 0:
         shards *= 2
-    chunks = _greedy_chunks(lens, lambda part: estimate(config, part, seq_tile, part="attention"), limit)
+    chunks = _greedy_chunks(lens, lambda part: estimate(config, part, block, part="attention"), limit)
     return DecodeSplit("attention", chunks, shards, mlp_estimate(config, inter // shards))
 
 

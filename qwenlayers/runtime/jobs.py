@@ -65,7 +65,13 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     ``attention`` (up to the first residual, returns resid) or ``attention_partial`` (a TP
     rank: returns its fp32 partial o_proj). Returns the caches as the kernel left them too. ``schedule="reference"`` builds the reference-schedule baseline
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
-    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, decode_weight_layout
+    from qwenlayers.core.kernels.decode import (
+        DecodeShape,
+        build_decode,
+        build_decode_attention,
+        cache_write_index,
+        decode_weight_layout,
+    )
     from qwenlayers.runtime import sim
 
     cfg, plan, part = inputs["config"], inputs["plan"], inputs.get("part", "layer")
@@ -76,7 +82,7 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
-    tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], attn, out]
+    tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], *cache_write_index(inputs["seq_lens"], kvh), attn, out]
     shape = DecodeShape(batch, max_seq)
     if inputs.get("schedule", "fused") == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces

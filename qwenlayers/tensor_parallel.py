@@ -399,6 +399,37 @@ def prefill_tp(
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
+def rank_cost(
+    config: Qwen3Config | Mapping[str, Any] | str,
+    phase: Phase,
+    lens: list[int],
+    *,
+    tp: int,
+    rank: int = 0,
+    platform: str | None = None,
+    plan: TilingPlan | Mapping[str, int] | None = None,
+    seed: int = 0,
+    registry: PlatformRegistry | None = None,
+) -> RankReport:
+    """One rank's two programs on the cost model (no values, no collectives): its simulated
+    layer time at full size, cheaply. Every rank of a TP group compiles the same shapes, so
+    rank 0 stands for all of them (``benchmarks/tp_decode.py``)."""
+    from qwenlayers.layer import random_inputs
+
+    cfg = as_config(config)
+    max_seq = max(cfg.max_seq, max(lens))
+    job = _prepare(phase, cfg, tp, platform, plan, lens, max_seq, False, DEFAULT_TIMEOUT_S, None, registry)
+    w = LayerWeights.random(cfg, seed=seed)
+    inputs = random_inputs(cfg, phase, lens, seed=seed, max_seq=max_seq)
+    if phase == "decode":
+        k_cache, v_cache = inputs["k_cache"], inputs["v_cache"]
+    else:
+        shape = (len(lens), cfg.num_key_value_heads, max_seq, cfg.head_dim)
+        k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
+    res = _run_rank(job, rank, _rank_inputs(job, w, inputs["hidden"], k_cache, v_cache, rank), lambda _t: 0.0)
+    return _rank_report(shard_plan(job.config, tp, rank), res)
+
+
 def _record(report: TPReport, out: Any, caches: list[Any]) -> None:
     report.max_abs_err = out.max_abs_err
     report.cache_max_abs_err = max(c.max_abs_err for c in caches)

@@ -206,3 +206,13 @@ def test_bad_tp_is_refused_before_any_rank_starts():
     hidden, k_cache, v_cache, seq_lens = _decode_inputs(cfg, [3])
     with pytest.raises(InputError, match="tp=3 cannot split tiny"):
         qwenlayers.decode_tp(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens, tp=3)
+
+
+@pytest.mark.sim
+def test_rank_cost_times_one_rank_without_values_or_collectives(runnable_platform):
+    """What benchmarks/tp_decode.py runs at full size, here at tiny size."""
+    from qwenlayers.tensor_parallel import rank_cost
+
+    r = rank_cost("tiny-kv4", "decode", [100, 128], tp=4, rank=2, platform=runnable_platform.name)
+    assert r.rank == 2 and r.q_heads == (4, 6) and r.kv_heads == (2, 3) and r.inter == (128, 192)
+    assert r.sim_us == pytest.approx(r.attention["sim_us"] + r.mlp["sim_us"]) and r.attention["tasks"]["AIC"] > 0

@@ -18,7 +18,7 @@ from qwenlayers.core import contract, golden, packing
 from qwenlayers.core.compare import Comparison, compare
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
-from qwenlayers.core.tiling import TilingPlan, check_plan
+from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError, TilingError
 from qwenlayers.registry import PlatformRegistry, get_registry
@@ -130,8 +130,9 @@ def resolve_plan(
     lens: list[int] | None = None,
 ) -> TilingPlan:
     """A user plan, or the default plan (the plugin's, with a tuned plan for this call's shape
-    class applied when ``qwenlayers tune`` cached one) plus overrides; always checked against
-    the platform budgets before anything compiles."""
+    class applied when ``qwenlayers tune`` cached one, its KV_BLOCK fitted to the longest
+    sequence) plus overrides; always checked against the platform budgets before anything
+    compiles."""
     if isinstance(plan, TilingPlan):
         if plan.phase != phase:
             raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
@@ -142,7 +143,7 @@ def resolve_plan(
         base = reg.tiling_defaults(target, cfg, phase)
         if lens:
             base = tuned_plan(target, cfg, phase, lens, base)
-        result = base.with_overrides(dict(plan or {}))
+        result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [])
     check_plan(result, cfg, target)
     return result
 

@@ -74,3 +74,13 @@ def test_any_override_passes_or_raises_tiling_error(overrides):
         return
     for c in tile_checks(candidate, cfg, platform):
         assert c.tile.bytes <= c.budget
+
+
+def test_the_default_kv_block_shrinks_to_the_longest_sequence_of_the_call():
+    assert plan("qwen3-0.6b", "decode", platform="a5sim").kv_block == 4096  # no lengths: the anchor
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128).kv_block == 128
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=1000).kv_block == 1024
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5).kv_block == 64  # never below SEQ_TILE
+    user = plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128, overrides={"kv_block": 2048})
+    assert user.kv_block == 2048 and user.origin_of("kv_block") == "user"  # a user value is kept
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=128).kv_block == 4096  # decode only

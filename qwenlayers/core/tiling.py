@@ -267,5 +267,20 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
     return plan
 
 
+def fit_kv_block(plan: TilingPlan, lens: list[int]) -> TilingPlan:
+    """A decode plan's KV_BLOCK halved while one iteration still covers the longest sequence.
+
+    The cost of an attention iteration follows its block size, not the rows ``valid_shape``
+    keeps (measured: qwen3-0.6b, one sequence of 128, KV_BLOCK 4096 simulated 356 us and
+    compiled 23 s; KV_BLOCK 128, 167 us and 4 s), so a block longer than every sequence of
+    the call only costs. Applied to the plugin's value, never to a user or tuned one."""
+    if plan.phase != "decode" or not lens or plan.origin_of("kv_block") in ("user", "tuned"):
+        return plan
+    kb, longest = plan.kv_block, max(lens)
+    while kb // 2 >= max(longest, plan.seq_tile) and (kb // 2) % plan.seq_tile == 0:
+        kb //= 2
+    return replace(plan, kv_block=kb) if kb != plan.kv_block else plan
+
+
 def plan_fields() -> list[str]:
     return [f.name for f in fields(TilingPlan)]

@@ -161,9 +161,13 @@ def plot_points(points: Sequence[BenchPoint], path: Path, title: str) -> Path:
     for name in sorted({p.platform for p in points}):
         mine = sorted((p for p in points if p.platform == name), key=lambda p: (p.batch * p.seq_len, p.batch))
         xs = [f"{p.batch}x{p.seq_len}" for p in mine]
-        ax_t.plot(xs, [p.record["sim_us"] for p in mine], marker="o", label=name)
+        line = ax_t.plot(xs, [p.record["sim_us"] for p in mine], marker="o", label=name)[0]
+        refs = [(p.record.get("baseline") or {}).get("sim_us") for p in mine]
+        if all(refs):  # the reference-schedule baseline of the same points, same colour, dashed
+            ax_t.plot(xs, refs, marker="x", linestyle="--", color=line.get_color(), label=f"{name} reference schedule")
         ax_f.plot(xs, [100 * (p.record["roofline_fraction"] or 0) for p in mine], marker="o", label=name)
     ax_t.set_ylabel("simulated µs")
+    ax_t.set_yscale("log")
     ax_f.set_ylabel("% of calibrated roofline")
     for ax in (ax_t, ax_f):
         ax.set_xlabel("batch x seq_len")

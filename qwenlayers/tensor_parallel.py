@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,6 @@ class _Job:
     timeout_s: float
     backend: str
     fault_rank: int | None = None  # tests: this rank raises before its first collective
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -191,7 +191,13 @@ def _mlp_in_shards(
         total += result.outputs["part"]
         reports.append(result.report)
         summaries.append(_chunk_summary(f"mlp shard {k + 1}/{shards}", split.mlp_estimate_bytes, [], result.report, result.wall_s))
-    return (resid.float() + total.bfloat16().float()).bfloat16()
+    return residual_after_reduction(resid, total)
+
+
+def residual_after_reduction(x: torch.Tensor, summed: torch.Tensor) -> torch.Tensor:
+    """``x + sum of partials`` the way the one-program kernel rounds at a reduction point: the
+    fp32 sum rounded once to bf16 (as the unsharded projection output), then the bf16 residual."""
+    return (x.float() + summed.bfloat16().float()).bfloat16()
 
 
 def _trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:

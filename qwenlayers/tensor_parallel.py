@@ -138,6 +138,7 @@ def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache
 
 def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[[torch.Tensor], float]) -> dict[str, Any]:
     """One rank: attention program, all-reduce, residual, MLP program, all-reduce, residual."""
+    from qwenlayers.layer import residual_after_reduction
     from qwenlayers.runtime.worker import run_job
 
     reg = get_registry()
@@ -155,7 +156,7 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
         attn = run_job(target, "prefill", {**common, "part": "attention", "seq_lens": job.lens}, registry=reg, values=job.values)
     o_part = attn.outputs["out"].float().contiguous()
     comm_s = allreduce(o_part)  # reduction point 1
-    resid = (hidden.float() + o_part.bfloat16().float()).bfloat16()  # o_proj rounds once, as unsharded
+    resid = residual_after_reduction(hidden, o_part)
     rows = resid.shape[0]
     tile = job.plan.cube_m
     padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if rows % tile and rows > tile else resid
@@ -163,7 +164,7 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
                                          "w_gu": packed["w_gu"], "w_down": packed["w_down"]}, registry=reg, values=job.values)
     down = mlp.outputs["part"][:rows].float().contiguous()
     comm_s += allreduce(down)  # reduction point 2
-    out = (resid.float() + down.bfloat16().float()).bfloat16()
+    out = residual_after_reduction(resid, down)
     return {"out": out, "k_cache": attn.outputs["k_cache"], "v_cache": attn.outputs["v_cache"],
             "attention": attn.report, "mlp": mlp.report, "allreduce_wall_s": comm_s}
 

@@ -66,7 +66,7 @@ def run_bench(
 ) -> tuple[list[BenchPoint], Path]:
     """Run every (platform, batch, seq_len) point; returns the points and the plot's path.
 
-    With ``baseline`` (decode), each point also runs the reference-schedule baseline
+    With ``baseline``, each point also runs the reference-schedule baseline of its phase
     (:mod:`qwenlayers.core.kernels.reference`) in the same process, cost model only, and records
     the speed-up and the task-count ratio of the fused kernel against it."""
     from qwenlayers.layer import decode, prefill, random_inputs
@@ -113,7 +113,7 @@ def run_bench(
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance,
-                    "baseline": _baseline(cfg, weights, args, target.name, reg, rep, say) if baseline and phase == "decode" else None,
+                    "baseline": _baseline(phase, cfg, weights, args, target.name, reg, rep, say) if baseline else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
@@ -122,13 +122,14 @@ def run_bench(
     return points, plot
 
 
-def _baseline(cfg: Any, weights: LayerWeights, args: dict[str, Any], platform: str, reg: PlatformRegistry, ours: Any,
-              say: Callable[[str], None]) -> dict[str, Any]:
+def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], platform: str, reg: PlatformRegistry,
+              ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """The reference-schedule baseline at the same point (cost model only) and our ratios to it."""
-    from qwenlayers.layer import decode
+    from qwenlayers.layer import decode, prefill
 
     say(f"  reference-schedule baseline on {platform}")
-    ref = decode(cfg, weights, **args, platform=platform, values=False, schedule="reference", registry=reg).report
+    run = decode if phase == "decode" else prefill
+    ref = run(cfg, weights, **args, platform=platform, values=False, schedule="reference", registry=reg).report
     ours_tasks, ref_tasks = sum(ours.tasks.values()), sum(ref.tasks.values())
     return {
         "schedule": "reference", "sim_us": ref.sim_us, "tasks": ref.tasks, "compile_s": ref.compile_s,

@@ -278,7 +278,7 @@ def run(
     verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
     cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks (spawned on this host; under torchrun, its processes)."),
-    schedule: str = typer.Option("fused", "--schedule", help="decode: fused (ours) or reference (the baseline schedule)."),
+    schedule: str = typer.Option("fused", "--schedule", help="fused (ours) or reference (the baseline schedule bench compares against)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -315,16 +315,10 @@ def run(
 
             from qwenlayers.layer import decode, prefill, random_inputs
 
-            extra: dict[str, str] = {}
-            if phase == "decode":
-                run_layer, extra = decode, {"schedule": schedule}
-            elif schedule != "fused":
-                raise InputError(f"--schedule {schedule!r} is a decode option; prefill has the fused schedule only")
-            else:
-                run_layer = prefill
+            run_layer = decode if phase == "decode" else prefill
             result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, plan=overrides,
                                check=check and not cost_model_only, keep=keep, values=not cost_model_only,
-                               verify_passes=verify_passes, progress=progress, **extra)
+                               verify_passes=verify_passes, schedule=schedule, progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report
@@ -401,7 +395,7 @@ def bench(
     platform: list[str] = typer.Option([], "--platform", "-p", help="Target(s) (repeatable; default: the default platform)."),
     check: bool = typer.Option(False, "--check", help="Checked runs (values + golden) instead of cost-model runs."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline",
-                                  help="Also run the reference-schedule baseline per point (decode) and show the ratios."),
+                                  help="Also run the reference-schedule baseline per point and show the ratios."),
     results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
 ) -> None:

@@ -26,7 +26,7 @@ from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, prefill_
 
 Progress = Callable[[str], None]
 
-#: Decode schedules: the fused kernel, and the reference-schedule baseline it is measured against.
+#: Schedules of both phases: the fused kernel, and the reference-schedule baseline it is measured against.
 SCHEDULES = ("fused", "reference")
 
 
@@ -62,7 +62,7 @@ class LayerReport:
     cache_max_abs_err: float | None = None
     within_tolerance: bool | None = None  # bf16 atol=rtol=1e-2 (qwenlayers.core.compare)
     outside_elementwise: int | None = None  # outputs outside the plain elementwise bar
-    schedule: str = "fused"  # or "reference": the reference-schedule baseline (decode)
+    schedule: str = "fused"  # or "reference": the reference-schedule baseline
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -381,6 +381,7 @@ def prefill(
     keep: bool = False,
     values: bool = True,
     verify_passes: bool = False,
+    schedule: str = "fused",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
 ) -> LayerResult:
@@ -393,8 +394,13 @@ def prefill(
     host packs them), so padding costs nothing. Checked runs are split by sequences into worker
     chunks under ``QWENLAYERS_WORKER_MEM_GB``. ``values=False`` runs the cost model only (out
     None, caches untouched), which is what full-size benchmarks can afford.
+
+    ``schedule="reference"`` runs the reference-schedule baseline (as :func:`decode`); its
+    checked runs go one worker per sequence chunk like the fused kernel's.
     """
     say = progress or (lambda _msg: None)
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
     cfg = as_config(config)
     if (k_cache is None) != (v_cache is None):
         raise InputError("pass both k_cache and v_cache, or neither (prefill then allocates them)")
@@ -431,14 +437,16 @@ def prefill(
         rows = cache_rows_needed(part, st)
         kc, vc = _trimmed(k_cache[start:stop], rows), _trimmed(v_cache[start:stop], rows)
         return ({"config": run_cfg, "plan": the_plan, "hidden": x, "weights": packed, "cos": cos, "sin": sin,
-                 "k_cache": kc, "v_cache": vc, "seq_lens": part}, kc, vc)
+                 "k_cache": kc, "v_cache": vc, "seq_lens": part, "schedule": schedule}, kc, vc)
 
     def whole_batch_cost_model_run() -> Any:
         say(f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
         return run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
 
     if not values:
-        return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
+        result = _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
+        result.report.schedule = schedule
+        return result
 
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
@@ -465,6 +473,7 @@ def prefill(
     before = (k_cache.clone(), v_cache.clone()) if check else None
     _write_back(k_cache, v_cache, written)  # all workers succeeded: rows 0..seq_len-1 only
     report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
+    report.schedule = schedule
     if check and before is not None:
         say("golden prefill")
         ref, ref_k, ref_v = golden.prefill(cfg, w, hidden, seq_lens, max_seq=max_seq)

@@ -48,6 +48,20 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
     assert not any(p.is_dir() for p in tmp_path.iterdir())  # run folders are not kept, only the traces
 
 
+@pytest.mark.sim
+def test_prefill_bench_records_the_reference_schedule_beside_ours(runnable_platform, tmp_path):
+    res = runner.invoke(app, ["bench", "--phase", "prefill", "--model", "tiny", "--seq-len", "40", "--platform",
+                              runnable_platform.name, "--results", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.output)
+    assert r["phase"] == "prefill" and r["sim_us"] > 0 and 0 < r["roofline_fraction"] < 1
+    base = r["baseline"]
+    assert base["schedule"] == "reference" and base["sim_us"] > 0
+    assert base["speedup"] == pytest.approx(base["sim_us"] / r["sim_us"])
+    assert base["task_ratio"] == pytest.approx(sum(base["tasks"].values()) / sum(r["tasks"].values()))
+    assert list(tmp_path.glob("*-tiny-prefill.png"))
+
+
 def test_bench_bad_sizes_exit_2():
     res = runner.invoke(app, ["bench", "--batch", "1,x"])
     assert res.exit_code == 2 and "comma-separated list of ints" in res.output

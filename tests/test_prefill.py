@@ -84,6 +84,22 @@ def test_prefill_gqa8_allocates_the_caches(runnable_platform):
 
 
 @pytest.mark.sim
+@pytest.mark.parametrize("model", ["tiny", "tiny-gqa8"])
+def test_the_prefill_reference_schedule_baseline_computes_the_same_layer(runnable_platform, model):
+    """The prefill baseline (per-token attention, reference 000's structure) is the same math."""
+    cfg = preset(model)
+    result = run_and_check(runnable_platform, cfg, [1, SEQ_TILE - 1, SEQ_TILE + 1, 40], seed=6, schedule="reference")
+    assert result.report.schedule == "reference"
+
+
+def test_an_unknown_prefill_schedule_is_refused():
+    cfg = preset("tiny")
+    with pytest.raises(InputError, match="schedule='fast'; allowed: fused, reference"):
+        qwenlayers.prefill(cfg, qwenlayers.LayerWeights.random(cfg), torch.randn(1, 4, cfg.hidden_size).bfloat16(),
+                           torch.tensor([4], dtype=torch.int32), platform="a5sim", schedule="fast")
+
+
+@pytest.mark.sim
 def test_prefill_then_decode_steps_match_golden_prefill_and_decode(runnable_platform):
     cfg = preset("tiny")
     weights = qwenlayers.LayerWeights.random(cfg, seed=4)

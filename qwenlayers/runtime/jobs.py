@@ -58,6 +58,12 @@ def rmsnorm_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     return {"out": out}
 
 
+def _workspaces(spec: dict[str, tuple[tuple[int, ...], str]]) -> list[torch.Tensor]:
+    """Zeroed GM workspace tensors from a builder's {name: (shape, dtype)}, in its order."""
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    return [torch.zeros(shape, dtype=dtypes[dtype]) for shape, dtype in spec.values()]
+
+
 @job("decode")
 def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
@@ -90,8 +96,7 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
         if part != "layer":
             raise ValueError("the reference schedule is built as the whole layer only (part=layer)")
         kernel = build_decode_reference(cfg, shape, plan, jit_options=ctx.jit_options())
-        dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-        ws = [torch.zeros(s, dtype=dtypes[t]) for s, t in reference_workspaces(cfg, shape, plan.seq_tile).values()]
+        ws = _workspaces(reference_workspaces(cfg, shape, plan.seq_tile))
         args = [x, *weights, *tail[:5], *ws, out]
     elif part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
@@ -127,6 +132,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
     in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list),
     and ``part``: ``layer`` or ``attention`` (a TP rank: out is its fp32 partial o_proj).
+    ``schedule="reference"`` builds the reference-schedule baseline (whole layer only).
     Returns out [T, H] and the caches as the kernel left them."""
     from qwenlayers.core.kernels.decode import decode_weight_layout
     from qwenlayers.core.kernels.prefill import PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
@@ -135,7 +141,13 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     cfg, plan, lens = inputs["config"], inputs["plan"], inputs["seq_lens"]
     x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
     batch, kvh, rows, d = k_cache.shape
-    work = torch.tensor(work_items(lens, plan.seq_tile), dtype=torch.int32)
+    reference = inputs.get("schedule", "fused") == "reference"
+    if reference:
+        from qwenlayers.core.kernels.reference import build_prefill_reference, prefill_reference_workspaces, reference_work_items
+
+        work = torch.tensor(reference_work_items(lens), dtype=torch.int32)  # one row per token
+    else:
+        work = torch.tensor(work_items(lens, plan.seq_tile), dtype=torch.int32)
     n_real = x.shape[0]
     n_tok = padded_tokens(plan, lens)
     pad = n_tok - n_real
@@ -143,15 +155,20 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (inputs["cos"], inputs["sin"]))
     shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
     part = inputs.get("part", "layer")
-    kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part)
     w = inputs["weights"]
-    ws = {name: torch.zeros(n_tok, width, dtype=x.dtype) for name, width in
-          (("q", cfg.q_width), ("k", cfg.kv_width), ("v", cfg.kv_width), ("attn", cfg.q_width))}
     out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention" else x.dtype)
     kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
-    args = [x, *(w[name] for name in decode_weight_layout(cfg)),
-            cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size),
-            ws["q"], ws["k"], ws["v"], ws["attn"], out]
+    head = [x, *(w[name] for name in decode_weight_layout(cfg)),
+            cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size)]
+    if reference:
+        if part != "layer":
+            raise ValueError("the reference schedule is built as the whole layer only (part=layer)")
+        kernel = build_prefill_reference(cfg, shape, plan, jit_options=ctx.jit_options())
+        ws = _workspaces(prefill_reference_workspaces(cfg, shape, plan.seq_tile))
+    else:
+        kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part)
+        ws = [torch.zeros(n_tok, width, dtype=x.dtype) for width in (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width)]
+    args = [*head, *ws, out]
     with sim.quiet(ctx.log_path):
         kernel(*args)
     return {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}

@@ -92,23 +92,33 @@ def project_qkv(cfg: Qwen3Config, t: LayerTiles, b_rows: int, eps: float, x: Any
     import pypto
 
     fp32 = pypto.DT_FP32
-    nh, kvh, d, g, kw = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.group_size, cfg.kv_width
+    kvh, d, g, kw = cfg.num_key_value_heads, cfg.head_dim, cfg.group_size, cfg.kv_width
     pypto.set_vec_tile_shapes(*t.hidden_vec)
     h = blocks.rms_norm_rows(pypto.cast(x, fp32), w["w_ln1"], cfg.hidden_size, eps)
     q = blocks.linear(h, w["w_q"], t.q_proj)  # [B, NH*D]
     kv = blocks.linear(h, w["w_kv"], t.kv_proj)  # [B, 2*KVH*D]: K | V
 
-    pypto.set_vec_tile_shapes(*t.head_vec)
-    q_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(q, [b_rows * nh, d]), fp32), w["w_qn"], d, eps)
-    k_heads = pypto.reshape(pypto.view(kv, [b_rows, kw], [0, 0]), [b_rows * kvh, d])
-    k_heads = blocks.rms_norm_rows(pypto.cast(k_heads, fp32), w["w_kn"], d, eps)
-    pypto.set_vec_tile_shapes(1, t.head_vec[0], d)
-    q_rot = blocks.rope(pypto.reshape(q_heads, [b_rows, nh, d]), cos, sin, d)
-    k_rot = blocks.rope(pypto.reshape(k_heads, [b_rows, kvh, d]), cos, sin, d)
+    q_rot, k_rot = qk_norm_rope(cfg, t, b_rows, eps, q, pypto.view(kv, [b_rows, kw], [0, 0]), w["w_qn"], w["w_kn"], cos, sin)
     q_groups = pypto.reshape(q_rot, [b_rows * kvh, g, d])  # the G query heads of each KV head
     k_new = pypto.reshape(k_rot, [b_rows * kvh, 1, d])
     v_new = pypto.reshape(pypto.view(kv, [b_rows, kw], [0, kw]), [b_rows * kvh, 1, d])
     return q_groups, k_new, v_new
+
+
+def qk_norm_rope(cfg: Qwen3Config, t: LayerTiles, rows: int, eps: float, q: Any, k: Any, w_qn: Any, w_kn: Any,
+                 cos: Any, sin: Any) -> tuple[Any, Any]:
+    """Step 3: per-head q_norm / k_norm and RoPE of q [rows, NH*D] and k [rows, KVH*D] (bf16);
+    returns (q [rows, NH, D], k [rows, KVH, D]), bf16."""
+    import pypto
+
+    fp32 = pypto.DT_FP32
+    nh, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    pypto.set_vec_tile_shapes(*t.head_vec)
+    q_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(q, [rows * nh, d]), fp32), w_qn, d, eps)
+    k_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(k, [rows * kvh, d]), fp32), w_kn, d, eps)
+    pypto.set_vec_tile_shapes(1, t.head_vec[0], d)
+    return (blocks.rope(pypto.reshape(q_heads, [rows, nh, d]), cos, sin, d),
+            blocks.rope(pypto.reshape(k_heads, [rows, kvh, d]), cos, sin, d))
 
 
 def mlp_half(cfg: Qwen3Config, t: LayerTiles, eps: float, residual: Any, w: dict[str, Any], inter: int, fp32_out: bool = False) -> Any:

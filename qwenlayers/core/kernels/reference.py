@@ -1,8 +1,9 @@
-"""The reference-schedule decode layer: the baseline every bench run is measured against.
+"""The reference-schedule layers (decode and prefill): the baselines every bench run is measured against.
 
 Same math and the same rounding points as :func:`qwenlayers.core.kernels.decode.build_decode`
-(so it is checked against the same golden), but the *structure* of the pypto-lib reference
-kernels (``../shared/reference`` 000-003) that the fused kernel was designed to avoid:
+and :func:`qwenlayers.core.kernels.prefill.build_prefill` (so they are checked against the
+same golden), but the *structure* of the pypto-lib reference kernels (``../shared/reference``
+000-004) that the fused kernels were designed to avoid:
 
 * **separate K and V projections** (and separate gate and up), each reading the normed input
   again;
@@ -15,9 +16,14 @@ kernels (``../shared/reference`` 000-003) that the fused kernel was designed to 
   group per launch, instead of all KV heads of a sequence in one batched matmul; the
   attention state starts from zero/-inf (no first-block peeling).
 
-Tile sizes are the plan's, so a side-by-side run isolates the schedule. Arguments: as
-:func:`build_decode` plus the GM workspaces the stages round-trip through (see
-:func:`reference_workspaces`).
+Prefill adds reference 000's token handling: projections in TOK_TILE-row cube tiles, and the
+attention **one token at a time** (its K/V row written to the cache, then attention over cache
+rows 0..pos, the causal mask being the context length), where the fused kernel takes a
+SEQ_TILE query tile per KV head against SEQ_TILE key blocks.
+
+Tile sizes are otherwise the plan's, so a side-by-side run isolates the schedule. Arguments:
+as the fused builders plus the GM workspaces the stages round-trip through (see
+:func:`reference_workspaces`, :func:`prefill_reference_workspaces`).
 """
 
 # No `from __future__ import annotations`: pypto reads real annotation objects in jit functions.
@@ -26,7 +32,8 @@ from typing import Any
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
-from qwenlayers.core.kernels.decode import DecodeShape, LayerTiles, decode_weight_layout
+from qwenlayers.core.kernels.decode import DecodeShape, LayerTiles, decode_weight_layout, qk_norm_rope
+from qwenlayers.core.kernels.prefill import PrefillShape
 from qwenlayers.core.tiling import TilingPlan
 
 _NEG_INF = -1e30
@@ -36,11 +43,9 @@ def reference_workspaces(config: Qwen3Config, shape: DecodeShape, seq_tile: int)
     """GM workspaces of the reference schedule, in argument order: name -> (shape, dtype)."""
     b, kvh, g, d = shape.batch, config.num_key_value_heads, config.group_size, config.head_dim
     heads = b * kvh
+    ws = _row_workspaces(config, b)
     return {
-        "hn_ws": ((b, config.hidden_size), "bf16"),
-        "q_ws": ((b, config.q_width), "bf16"),
-        "k_ws": ((b, config.kv_width), "bf16"),
-        "v_ws": ((b, config.kv_width), "bf16"),
+        **{k: ws[k] for k in ("hn_ws", "q_ws", "k_ws", "v_ws")},
         "scores": ((heads, g, seq_tile), "fp32"),
         "probs": ((heads, g, seq_tile), "bf16"),
         "pv": ((heads, g, d), "fp32"),
@@ -49,11 +54,7 @@ def reference_workspaces(config: Qwen3Config, shape: DecodeShape, seq_tile: int)
         "run_sum": ((heads, g, 1), "fp32"),
         "alpha": ((heads, g, 1), "fp32"),
         "attn": ((heads, g, d), "bf16"),
-        "o_ws": ((b, config.hidden_size), "bf16"),
-        "resid_ws": ((b, config.hidden_size), "bf16"),
-        "gate_ws": ((b, config.intermediate_size), "bf16"),
-        "up_ws": ((b, config.intermediate_size), "bf16"),
-        "act_ws": ((b, config.intermediate_size), "bf16"),
+        **{k: ws[k] for k in ("o_ws", "resid_ws", "gate_ws", "up_ws", "act_ws")},
     }
 
 
@@ -81,15 +82,15 @@ def _linear_fn(rows: int, k: int, n: int, col0: int, w_cols: int, k_chunk: int, 
                 acc = pypto.tensor([rows, out_chunk], fp32, "acc")
                 for kb in pypto.loop(n_k, name="LOOP_ref_k", idx_name="kb"):
                     if pypto.is_loop_begin(kb):
-                        pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                        pypto.set_vec_tile_shapes(m, out_chunk)
                         acc[:] = pypto.zeros([rows, out_chunk], dtype=fp32)  # the zero-init pass
                     else:
-                        pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                        pypto.set_vec_tile_shapes(m, out_chunk)
                     pypto.set_cube_tile_shapes([m, m], [k_chunk, k_chunk], [out_chunk, out_chunk])
                     xk = pypto.view(lr_x, [rows, k_chunk], [0, kb * k_chunk])
                     wk = pypto.view(lr_w, [k_chunk, out_chunk], [kb * k_chunk, col0 + ob * out_chunk])
                     part = pypto.matmul(xk, wk, fp32)
-                    pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                    pypto.set_vec_tile_shapes(m, out_chunk)
                     acc[:] = acc + part  # add+matmul, not cube accumulation
                     if pypto.is_loop_end(kb):
                         r = pypto.view(lr_resid, [rows, out_chunk], [0, ob * out_chunk])
@@ -108,15 +109,15 @@ def _linear_fn(rows: int, k: int, n: int, col0: int, w_cols: int, k_chunk: int, 
             acc = pypto.tensor([rows, out_chunk], fp32, "acc")
             for kb in pypto.loop(n_k, name="LOOP_ref_k", idx_name="kb"):
                 if pypto.is_loop_begin(kb):
-                    pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                    pypto.set_vec_tile_shapes(m, out_chunk)
                     acc[:] = pypto.zeros([rows, out_chunk], dtype=fp32)  # the zero-init pass
                 else:
-                    pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                    pypto.set_vec_tile_shapes(m, out_chunk)
                 pypto.set_cube_tile_shapes([m, m], [k_chunk, k_chunk], [out_chunk, out_chunk])
                 xk = pypto.view(lr_x, [rows, k_chunk], [0, kb * k_chunk])
                 wk = pypto.view(lr_w, [k_chunk, out_chunk], [kb * k_chunk, col0 + ob * out_chunk])
                 part = pypto.matmul(xk, wk, fp32)
-                pypto.set_vec_tile_shapes(min(rows, 16), out_chunk)
+                pypto.set_vec_tile_shapes(m, out_chunk)
                 acc[:] = acc + part  # add+matmul, not cube accumulation
                 if pypto.is_loop_end(kb):
                     pypto.assemble(pypto.cast(acc, bf16), [0, ob * out_chunk], lr_out)
@@ -200,6 +201,90 @@ def _attention_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any:
     return attention_ref
 
 
+def _row_workspaces(config: Qwen3Config, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """GM workspaces of the projections and the MLP over ``rows`` activation rows."""
+    h, inter = config.hidden_size, config.intermediate_size
+    return {
+        "hn_ws": ((rows, h), "bf16"), "q_ws": ((rows, config.q_width), "bf16"),
+        "k_ws": ((rows, config.kv_width), "bf16"), "v_ws": ((rows, config.kv_width), "bf16"),
+        "o_ws": ((rows, h), "bf16"), "resid_ws": ((rows, h), "bf16"),
+        "gate_ws": ((rows, inter), "bf16"), "up_ws": ((rows, inter), "bf16"), "act_ws": ((rows, inter), "bf16"),
+    }
+
+
+def _ends_fns(cfg: Qwen3Config, plan: TilingPlan, t: LayerTiles, rows: int, m: int) -> tuple[Any, Any]:
+    """The layer's two ends over ``rows`` activation rows in cube tiles of ``m`` rows, the
+    reference way, as inline functions:
+    (front: input RMSNorm, then separate Q, K and V projections; back: o_proj, residual and
+    post-attention RMSNorm, separate gate and up, SwiGLU, down_proj with the second residual).
+    Every stage is its own launch (a one-trip loop or a projection) talking to the next through
+    GM. Shared by the decode and prefill baselines."""
+    import pypto
+
+    bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
+    h, inter, qw, kw, eps = cfg.hidden_size, cfg.intermediate_size, cfg.q_width, cfg.kv_width, cfg.rms_norm_eps
+    lay = decode_weight_layout(cfg)
+    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
+    lin_q = _linear_fn(rows, h, qw, 0, qw, kc, qc, m)
+    lin_k = _linear_fn(rows, h, kw, 0, 2 * kw, kc, kvc, m)
+    lin_v = _linear_fn(rows, h, kw, kw, 2 * kw, kc, kvc, m)
+    lin_o = _linear_fn(rows, qw, h, 0, h, qc, kc, m)
+    lin_gate = _linear_fn(rows, h, inter, 0, 2 * inter, kc, mc, m)
+    lin_up = _linear_fn(rows, h, inter, inter, 2 * inter, kc, mc, m)
+    lin_down = _linear_fn(rows, inter, h, 0, h, mc, kc, m, residual=True)
+
+    @pypto.frontend.function
+    def front_ref(
+        rf_x: pypto.Tensor((rows, h), bf16),
+        rf_ln1: pypto.Tensor(lay["w_ln1"], bf16),
+        rf_wq: pypto.Tensor(lay["w_q"], bf16),
+        rf_wkv: pypto.Tensor(lay["w_kv"], bf16),
+        rf_hn: pypto.Tensor((rows, h), bf16),
+        rf_q: pypto.Tensor((rows, qw), bf16),
+        rf_k: pypto.Tensor((rows, kw), bf16),
+        rf_v: pypto.Tensor((rows, kw), bf16),
+    ):
+        _annotation_names = (rows, h, bf16, lay, qw, kw)  # noqa: F841  (see decode._flash_decode_fn)
+        for s0 in pypto.loop(1, name="LOOP_ref_norm1", idx_name="s0"):  # noqa: B007  (a one-trip loop is one launch)
+            pypto.set_vec_tile_shapes(*t.hidden_vec)
+            pypto.assemble(blocks.rms_norm_rows(pypto.cast(rf_x, fp32), rf_ln1, h, eps), [0, 0], rf_hn)
+        lin_q(rf_hn, rf_wq, rf_q)
+        lin_k(rf_hn, rf_wkv, rf_k)  # separate K and V: the normed input is read twice
+        lin_v(rf_hn, rf_wkv, rf_v)
+
+    @pypto.frontend.function
+    def back_ref(
+        rb_x: pypto.Tensor((rows, h), bf16),
+        rb_attn: pypto.Tensor((rows, qw), bf16),
+        rb_wo: pypto.Tensor(lay["w_o"], bf16),
+        rb_ln2: pypto.Tensor(lay["w_ln2"], bf16),
+        rb_wgu: pypto.Tensor(lay["w_gu"], bf16),
+        rb_wdown: pypto.Tensor(lay["w_down"], bf16),
+        rb_o: pypto.Tensor((rows, h), bf16),
+        rb_resid: pypto.Tensor((rows, h), bf16),
+        rb_hn: pypto.Tensor((rows, h), bf16),
+        rb_gate: pypto.Tensor((rows, inter), bf16),
+        rb_up: pypto.Tensor((rows, inter), bf16),
+        rb_act: pypto.Tensor((rows, inter), bf16),
+        rb_out: pypto.Tensor((rows, h), bf16),
+    ):
+        _annotation_names = (rows, h, bf16, lay, qw, inter)  # noqa: F841  (see decode._flash_decode_fn)
+        lin_o(rb_attn, rb_wo, rb_o)
+        for s2 in pypto.loop(1, name="LOOP_ref_resid_norm2", idx_name="s2"):  # noqa: B007  (a one-trip loop is one launch)
+            pypto.set_vec_tile_shapes(*t.hidden_vec)
+            resid = blocks.residual_add(rb_x, rb_o)
+            pypto.assemble(resid, [0, 0], rb_resid)
+            pypto.assemble(blocks.rms_norm_rows(pypto.cast(resid, fp32), rb_ln2, h, eps), [0, 0], rb_hn)
+        lin_gate(rb_hn, rb_wgu, rb_gate)  # separate gate and up
+        lin_up(rb_hn, rb_wgu, rb_up)
+        for s3 in pypto.loop(1, name="LOOP_ref_swiglu", idx_name="s3"):  # noqa: B007  (a one-trip loop is one launch)
+            pypto.set_vec_tile_shapes(*t.mlp_vec)
+            pypto.assemble(blocks.swiglu(rb_gate, rb_up), [0, 0], rb_act)
+        lin_down(rb_act, rb_wdown, rb_resid, rb_out)
+
+    return front_ref, back_ref
+
+
 def build_decode_reference(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
     """A jit kernel for one decode step with the reference schedule (module docstring).
 
@@ -210,20 +295,12 @@ def build_decode_reference(config: Qwen3Config, shape: DecodeShape, plan: Tiling
     bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
     cfg, eps = config, config.rms_norm_eps
     b_rows, h, d, kvh, g = shape.batch, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size
-    nh, inter, qw, kw = cfg.num_attention_heads, cfg.intermediate_size, cfg.q_width, cfg.kv_width
+    qw = cfg.q_width
     lay = decode_weight_layout(cfg)
     t = LayerTiles(plan, cfg, b_rows)
     ws = reference_workspaces(cfg, shape, plan.seq_tile)
     dt = {"bf16": bf16, "fp32": fp32}
-    m = t.q_proj.m
-    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
-    lin_q = _linear_fn(b_rows, h, qw, 0, qw, kc, qc, m)
-    lin_k = _linear_fn(b_rows, h, kw, 0, 2 * kw, kc, kvc, m)
-    lin_v = _linear_fn(b_rows, h, kw, kw, 2 * kw, kc, kvc, m)
-    lin_o = _linear_fn(b_rows, qw, h, 0, h, qc, kc, m)
-    lin_gate = _linear_fn(b_rows, h, inter, 0, 2 * inter, kc, mc, m)
-    lin_up = _linear_fn(b_rows, h, inter, inter, 2 * inter, kc, mc, m)
-    lin_down = _linear_fn(b_rows, inter, h, 0, h, mc, kc, m, residual=True)
+    front, back = _ends_fns(cfg, plan, t, b_rows, t.q_proj.m)
     attention = _attention_fn(cfg, t, shape)
 
     @pypto.frontend.jit(**jit_options)
@@ -262,36 +339,193 @@ def build_decode_reference(config: Qwen3Config, shape: DecodeShape, plan: Tiling
         act_ws: pypto.Tensor(ws["act_ws"][0], dt[ws["act_ws"][1]]),
         out: pypto.Tensor((b_rows, h), bf16),
     ):
-        # the vector stages between projections are one-trip loops reading and writing GM:
-        # the reference's separate scopes, each a launch that talks to the next through GM
-        for s0 in pypto.loop(1, name="LOOP_ref_norm1", idx_name="s0"):  # noqa: B007  (a one-trip loop is one launch)
-            pypto.set_vec_tile_shapes(*t.hidden_vec)
-            pypto.assemble(blocks.rms_norm_rows(pypto.cast(x, fp32), w_ln1, h, eps), [0, 0], hn_ws)
-        lin_q(hn_ws, w_q, q_ws)
-        lin_k(hn_ws, w_kv, k_ws)  # separate K and V: the normed input is read twice
-        lin_v(hn_ws, w_kv, v_ws)
-        pypto.set_vec_tile_shapes(*t.head_vec)
-        q_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(q_ws, [b_rows * nh, d]), fp32), w_qn, d, eps)
-        k_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(k_ws, [b_rows * kvh, d]), fp32), w_kn, d, eps)
-        pypto.set_vec_tile_shapes(1, t.head_vec[0], d)
-        q_rot = blocks.rope(pypto.reshape(q_heads, [b_rows, nh, d]), cos, sin, d)
-        k_rot = blocks.rope(pypto.reshape(k_heads, [b_rows, kvh, d]), cos, sin, d)
+        front(x, w_ln1, w_q, w_kv, hn_ws, q_ws, k_ws, v_ws)
+        q_rot, k_rot = qk_norm_rope(cfg, t, b_rows, eps, q_ws, k_ws, w_qn, w_kn, cos, sin)
         pypto.set_vec_tile_shapes(1, g, d)
         v_new = pypto.cast(pypto.cast(pypto.reshape(v_ws, [b_rows * kvh, 1, d]), fp32), bf16)
         attention(pypto.reshape(q_rot, [b_rows * kvh, g, d]), pypto.reshape(k_rot, [b_rows * kvh, 1, d]), v_new,
                   k_cache, v_cache, seq_lens, scores, probs, pv, run_acc, run_max, run_sum, alpha, attn)
         pypto.set_vec_tile_shapes(min(b_rows, 16), qw)
-        lin_o(pypto.reshape(attn, [b_rows, qw]), w_o, o_ws)
-        for s2 in pypto.loop(1, name="LOOP_ref_resid_norm2", idx_name="s2"):  # noqa: B007  (a one-trip loop is one launch)
-            pypto.set_vec_tile_shapes(*t.hidden_vec)
-            resid = blocks.residual_add(x, o_ws)
-            pypto.assemble(resid, [0, 0], resid_ws)
-            pypto.assemble(blocks.rms_norm_rows(pypto.cast(resid, fp32), w_ln2, h, eps), [0, 0], hn_ws)
-        lin_gate(hn_ws, w_gu, gate_ws)  # separate gate and up
-        lin_up(hn_ws, w_gu, up_ws)
-        for s3 in pypto.loop(1, name="LOOP_ref_swiglu", idx_name="s3"):  # noqa: B007  (a one-trip loop is one launch)
-            pypto.set_vec_tile_shapes(*t.mlp_vec)
-            pypto.assemble(blocks.swiglu(gate_ws, up_ws), [0, 0], act_ws)
-        lin_down(act_ws, w_down, resid_ws, out)
+        back(x, pypto.reshape(attn, [b_rows, qw]), w_o, w_ln2, w_gu, w_down, o_ws, resid_ws, hn_ws, gate_ws, up_ws, act_ws, out)
 
     return qwen3_decode_reference
+
+
+def prefill_reference_workspaces(config: Qwen3Config, shape: PrefillShape, seq_tile: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """GM workspaces of the prefill reference schedule, in argument order: name -> (shape, dtype).
+    The attention stages' workspaces hold one token's query group per KV head (slot hk), reused
+    by every token, as the reference's per-head scratch is."""
+    kvh, g, d, n = config.num_key_value_heads, config.group_size, config.head_dim, shape.tokens
+    ws = _row_workspaces(config, n)
+    return {
+        **{k: ws[k] for k in ("hn_ws", "q_ws", "k_ws", "v_ws")},
+        "qr_ws": ((n, config.q_width), "bf16"), "kr_ws": ((n, config.kv_width), "bf16"),
+        "scores": ((kvh, g, seq_tile), "fp32"), "probs": ((kvh, g, seq_tile), "bf16"), "pv": ((kvh, g, d), "fp32"),
+        "run_acc": ((kvh, g, d), "fp32"), "run_max": ((kvh, g, 1), "fp32"), "run_sum": ((kvh, g, 1), "fp32"),
+        "alpha": ((kvh, g, 1), "fp32"), "attn": ((n, config.q_width), "bf16"),
+        **{k: ws[k] for k in ("o_ws", "resid_ws", "gate_ws", "up_ws", "act_ws")},
+    }
+
+
+def _prefill_attention_fn(cfg: Qwen3Config, plan: TilingPlan, shape: PrefillShape) -> Any:
+    """Reference 000's scope 2: per token (``work`` has one row per token, see
+    :func:`reference_work_items`) and KV head, write the token's K/V row into the cache, then
+    attend over cache rows 0..pos in SEQ_TILE blocks, four stages through GM per block. The
+    causal mask is the context length itself (pos + 1), as in the reference."""
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    n_tok, nw, b_rows, rows = shape.tokens, shape.work_items, shape.batch, shape.cache_rows
+    kvh, g, d, qw, kw = cfg.num_key_value_heads, cfg.group_size, cfg.head_dim, cfg.q_width, cfg.kv_width
+    st, scale = plan.seq_tile, d**-0.5
+
+    @pypto.frontend.function
+    def prefill_attention_ref(
+        pa_q: pypto.Tensor((n_tok, qw), bf16),
+        pa_k: pypto.Tensor((n_tok, kw), bf16),
+        pa_v: pypto.Tensor((n_tok, kw), bf16),
+        pa_kc: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        pa_vc: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        pa_work: pypto.Tensor((nw, 4), i32),
+        pa_scores: pypto.Tensor((kvh, g, st), fp32),
+        pa_probs: pypto.Tensor((kvh, g, st), bf16),
+        pa_pv: pypto.Tensor((kvh, g, d), fp32),
+        pa_acc: pypto.Tensor((kvh, g, d), fp32),
+        pa_m: pypto.Tensor((kvh, g, 1), fp32),
+        pa_l: pypto.Tensor((kvh, g, 1), fp32),
+        pa_alpha: pypto.Tensor((kvh, g, 1), fp32),
+        pa_attn: pypto.Tensor((n_tok, qw), bf16),
+    ):
+        _annotation_names = (n_tok, qw, kw, bf16, i32, nw, rows, b_rows)  # noqa: F841  (see decode._flash_decode_fn)
+        for wi in pypto.loop(nw, name="LOOP_ref_token", idx_name="wi"):  # one token at a time
+            b = pa_work[wi, 0]
+            row = pa_work[wi, 2] + pa_work[wi, 3]  # its packed row
+            pos = pa_work[wi, 3]
+            ctx = pos + 1
+            for hk in range(kvh):  # one small launch chain per KV head
+                base = (b * kvh + hk) * rows
+                pypto.set_vec_tile_shapes(1, d)  # the cache-write copies need a tile shape
+                pypto.assemble(pypto.view(pa_k, [1, d], [row, hk * d]), [base + pos, 0], pa_kc)
+                pypto.assemble(pypto.view(pa_v, [1, d], [row, hk * d]), [base + pos, 0], pa_vc)
+                for z in pypto.loop(1, name="LOOP_ref_zero_init", idx_name="z"):  # noqa: B007  (a one-trip loop is one launch)
+                    pypto.set_vec_tile_shapes(1, g, d)
+                    pypto.assemble(pypto.zeros([1, g, d], dtype=fp32), [hk, 0, 0], pa_acc)
+                    pypto.assemble(pypto.full([1, g, 1], _NEG_INF, fp32), [hk, 0, 0], pa_m)
+                    pypto.assemble(pypto.zeros([1, g, 1], dtype=fp32), [hk, 0, 0], pa_l)
+                for blk in pypto.loop((ctx + st - 1) // st, name="LOOP_ref_kv", idx_name="blk"):
+                    valid = (ctx - blk * st).min(st)
+                    for s1 in pypto.loop(1, name="LOOP_ref_qk", idx_name="s1"):  # noqa: B007  # stage 1: QK -> GM
+                        pypto.set_vec_tile_shapes(g, d)
+                        qg = pypto.cast(pypto.cast(pypto.reshape(pypto.view(pa_q, [1, g * d], [row, hk * g * d]), [g, d]), fp32), bf16)
+                        kb = pypto.view(pa_kc, [st, d], [base + blk * st, 0], valid_shape=[valid, d])
+                        pypto.set_cube_tile_shapes([g, g], [d, d], [st, st])
+                        pypto.assemble(pypto.reshape(pypto.matmul(qg, kb, fp32, b_trans=True), [1, g, st]), [hk, 0, 0], pa_scores)
+                    for s2 in pypto.loop(1, name="LOOP_ref_softmax", idx_name="s2"):  # noqa: B007  # stage 2: GM -> GM
+                        sc = pypto.view(pa_scores, [1, g, st], [hk, 0, 0], valid_shape=[1, g, valid])
+                        m_old = pypto.view(pa_m, [1, g, 1], [hk, 0, 0])
+                        l_old = pypto.view(pa_l, [1, g, 1], [hk, 0, 0])
+                        pypto.set_vec_tile_shapes(1, g, st)
+                        sc = sc * scale
+                        m_new = pypto.maximum(m_old, pypto.amax(sc, -1, keepdim=True))
+                        p = pypto.exp(sc - m_new)
+                        a = pypto.exp(m_old - m_new)
+                        pypto.assemble(pypto.cast(p, bf16), [hk, 0, 0], pa_probs)
+                        pypto.assemble(a, [hk, 0, 0], pa_alpha)
+                        pypto.assemble(l_old * a + pypto.sum(p, -1, keepdim=True), [hk, 0, 0], pa_l)
+                        pypto.assemble(m_new, [hk, 0, 0], pa_m)
+                    for s3 in pypto.loop(1, name="LOOP_ref_pv", idx_name="s3"):  # noqa: B007  # stage 3: PV -> GM
+                        vb = pypto.view(pa_vc, [st, d], [base + blk * st, 0], valid_shape=[valid, d])
+                        pb = pypto.reshape(pypto.view(pa_probs, [1, g, st], [hk, 0, 0]), [g, st])
+                        pb = pypto.view(pb, [g, st], [0, 0], valid_shape=[g, valid])
+                        pypto.set_cube_tile_shapes([g, g], [st, st], [d, d])
+                        pypto.assemble(pypto.reshape(pypto.matmul(pb, vb, fp32), [1, g, d]), [hk, 0, 0], pa_pv)
+                    for s4 in pypto.loop(1, name="LOOP_ref_rescale", idx_name="s4"):  # noqa: B007  # stage 4: online rescale
+                        pypto.set_vec_tile_shapes(1, g, d)
+                        upd = pypto.view(pa_acc, [1, g, d], [hk, 0, 0]) * pypto.view(pa_alpha, [1, g, 1], [hk, 0, 0])
+                        pypto.assemble(upd + pypto.view(pa_pv, [1, g, d], [hk, 0, 0]), [hk, 0, 0], pa_acc)
+                for f in pypto.loop(1, name="LOOP_ref_finalize", idx_name="f"):  # noqa: B007  (a one-trip loop is one launch)
+                    pypto.set_vec_tile_shapes(1, g, d)
+                    res = pypto.view(pa_acc, [1, g, d], [hk, 0, 0]) / pypto.view(pa_l, [1, g, 1], [hk, 0, 0])
+                    pypto.assemble(pypto.reshape(pypto.cast(res, bf16), [1, g * d]), [row, hk * g * d], pa_attn)
+
+    return prefill_attention_ref
+
+
+def reference_work_items(lens: list[int]) -> list[list[int]]:
+    """The prefill reference's work list: one row per token, in the fused kernel's
+    :data:`~qwenlayers.core.kernels.prefill.WORK_COLUMNS` (the last column is the token's position)."""
+    from qwenlayers.core.kernels.prefill import work_items
+
+    return work_items(lens, 1)
+
+
+def build_prefill_reference(config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+    """A jit kernel for the prefill of packed tokens with the reference schedule: the decode
+    baseline's ends over all packed tokens, q/k norm and RoPE as one more GM-to-GM launch, and
+    the attention per (work item, KV head) in four stages through GM (:func:`_prefill_attention_fn`).
+
+    Arguments: as :func:`~qwenlayers.core.kernels.prefill.build_prefill` up to ``mask``, then the
+    :func:`prefill_reference_workspaces` in order, then out [T, H]."""
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    cfg, eps = config, config.rms_norm_eps
+    n_tok, nw, b_rows, rows = shape.tokens, shape.work_items, shape.batch, shape.cache_rows
+    h, d, kvh, g, qw, kw = cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.group_size, cfg.q_width, cfg.kv_width
+    st = plan.seq_tile
+    lay = decode_weight_layout(cfg)
+    t = LayerTiles(plan, cfg, n_tok)
+    ws = prefill_reference_workspaces(cfg, shape, st)
+    dt = {"bf16": bf16, "fp32": fp32}
+    front, back = _ends_fns(cfg, plan, t, n_tok, min(plan.tok_tile, n_tok))  # reference 000: TOK_TILE-row tiles
+    attention = _prefill_attention_fn(cfg, plan, shape)
+
+    @pypto.frontend.jit(**jit_options)
+    def qwen3_prefill_reference(
+        x: pypto.Tensor((n_tok, h), bf16),
+        w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
+        w_q: pypto.Tensor(lay["w_q"], bf16),
+        w_kv: pypto.Tensor(lay["w_kv"], bf16),
+        w_qn: pypto.Tensor(lay["w_qn"], bf16),
+        w_kn: pypto.Tensor(lay["w_kn"], bf16),
+        w_o: pypto.Tensor(lay["w_o"], bf16),
+        w_ln2: pypto.Tensor(lay["w_ln2"], bf16),
+        w_gu: pypto.Tensor(lay["w_gu"], bf16),
+        w_down: pypto.Tensor(lay["w_down"], bf16),
+        cos: pypto.Tensor((n_tok, 1, d), fp32),
+        sin: pypto.Tensor((n_tok, 1, d), fp32),
+        k_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        v_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        work: pypto.Tensor((nw, 4), i32),
+        mask: pypto.Tensor((2 * st * g, st), fp32),
+        hn_ws: pypto.Tensor(ws["hn_ws"][0], dt[ws["hn_ws"][1]]),
+        q_ws: pypto.Tensor(ws["q_ws"][0], dt[ws["q_ws"][1]]),
+        k_ws: pypto.Tensor(ws["k_ws"][0], dt[ws["k_ws"][1]]),
+        v_ws: pypto.Tensor(ws["v_ws"][0], dt[ws["v_ws"][1]]),
+        qr_ws: pypto.Tensor(ws["qr_ws"][0], dt[ws["qr_ws"][1]]),
+        kr_ws: pypto.Tensor(ws["kr_ws"][0], dt[ws["kr_ws"][1]]),
+        scores: pypto.Tensor(ws["scores"][0], dt[ws["scores"][1]]),
+        probs: pypto.Tensor(ws["probs"][0], dt[ws["probs"][1]]),
+        pv: pypto.Tensor(ws["pv"][0], dt[ws["pv"][1]]),
+        run_acc: pypto.Tensor(ws["run_acc"][0], dt[ws["run_acc"][1]]),
+        run_max: pypto.Tensor(ws["run_max"][0], dt[ws["run_max"][1]]),
+        run_sum: pypto.Tensor(ws["run_sum"][0], dt[ws["run_sum"][1]]),
+        alpha: pypto.Tensor(ws["alpha"][0], dt[ws["alpha"][1]]),
+        attn: pypto.Tensor(ws["attn"][0], dt[ws["attn"][1]]),
+        o_ws: pypto.Tensor(ws["o_ws"][0], dt[ws["o_ws"][1]]),
+        resid_ws: pypto.Tensor(ws["resid_ws"][0], dt[ws["resid_ws"][1]]),
+        gate_ws: pypto.Tensor(ws["gate_ws"][0], dt[ws["gate_ws"][1]]),
+        up_ws: pypto.Tensor(ws["up_ws"][0], dt[ws["up_ws"][1]]),
+        act_ws: pypto.Tensor(ws["act_ws"][0], dt[ws["act_ws"][1]]),
+        out: pypto.Tensor((n_tok, h), bf16),
+    ):
+        front(x, w_ln1, w_q, w_kv, hn_ws, q_ws, k_ws, v_ws)
+        for s1 in pypto.loop(1, name="LOOP_ref_qk_norm_rope", idx_name="s1"):  # noqa: B007  (a one-trip loop is one launch)
+            q_rot, k_rot = qk_norm_rope(cfg, t, n_tok, eps, q_ws, k_ws, w_qn, w_kn, cos, sin)
+            pypto.set_vec_tile_shapes(t.rows, d)
+            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(q_rot, [n_tok, qw]), fp32), bf16), [0, 0], qr_ws)
+            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(k_rot, [n_tok, kw]), fp32), bf16), [0, 0], kr_ws)
+        attention(qr_ws, kr_ws, v_ws, k_cache, v_cache, work, scores, probs, pv, run_acc, run_max, run_sum, alpha, attn)
+        back(x, attn, w_o, w_ln2, w_gu, w_down, o_ws, resid_ws, hn_ws, gate_ws, up_ws, act_ws, out)
+
+    return qwen3_prefill_reference

@@ -3,7 +3,7 @@
 The host packs the valid tokens of all sequences into T = sum(seq_lens) rows (no padding
 rows reach the kernel), so every stage costs in proportion to real tokens. Three loops:
 
-A. token tiles of ``cube_m`` rows: input RMSNorm, Q and fused K|V projections, q_norm/k_norm,
+A. token tiles of ``cube_m`` rows: input RMSNorm, Q, K and V projections, q_norm/k_norm,
    RoPE (cos/sin rows per token, gathered on the host from the golden's table); results go to
    GM workspaces (arguments: a tensor written in one loop and read in another must be, see
    ``pypto-loop-results-through-gm``);

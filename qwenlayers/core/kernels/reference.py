@@ -5,8 +5,8 @@ and :func:`qwenlayers.core.kernels.prefill.build_prefill` (so they are checked a
 same golden), but the *structure* of the pypto-lib reference kernels (``../shared/reference``
 000-004) that the fused kernels were designed to avoid:
 
-* **separate K and V projections** (and separate gate and up), each reading the normed input
-  again;
+* **separate gate and up projections**, each reading the normed input again (K and V are
+  separate in both schedules: see :func:`~qwenlayers.core.kernels.decode.project_qkv`);
 * **zero-init then add+matmul**: every projection output block starts from a zero accumulator
   and adds one ``[rows, K_CHUNK] x [K_CHUNK, OUT_CHUNK]`` matmul per reduction chunk
   (``acc = acc + matmul``) instead of letting the cube accumulate a staged reduction;

@@ -151,6 +151,8 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("activation chunk", (p.cube_m, p.k_chunk), BF16, "cube", "l0a", "cube_m"),
         Tile("L1 staging", (p.cube_m + max(p.q_out_chunk, p.kv_out_chunk, p.mlp_out_chunk, p.k_chunk), p.k_l1), BF16,
              "staging", "l1", "k_l1"),
+        # decode P @ V: min(K_L1, KV_BLOCK) cache rows of V and the probabilities (padded to 16 rows) per cube step
+        Tile("P@V L1 staging", (d + 16, min(p.k_l1, p.kv_block)), BF16, "staging", "l1", "k_l1"),
     ]
 
 

@@ -84,6 +84,9 @@ class LayerTiles:
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]
         self.seq_tile = p.seq_tile
         self.kv_block = p.kv_block
+        # P @ V reduces over the KV_BLOCK rows: stage K_L1 of them in L1 per cube step, as the
+        # projections do, in whole SEQ_TILE L0 tiles
+        self.pv_k_l1 = max(p.seq_tile, min(p.k_l1, p.kv_block) // p.seq_tile * p.seq_tile)
         self.q_head_batch = p.q_head_batch
 
 
@@ -161,6 +164,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
     b_rows, kvh, g, d = shape.batch, cfg.num_key_value_heads, cfg.group_size, cfg.head_dim
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
+    pv_l1 = t.pv_k_l1
     heads = b_rows * kvh
 
     @pypto.frontend.function
@@ -209,7 +213,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
                     p = pypto.exp(s - m_blk)
                     l_i[:] = pypto.sum(p, -1, keepdim=True)
                     m_i[:] = m_blk
-                    pypto.set_cube_tile_shapes([qhb, qhb], [st, st], [d, d])
+                    pypto.set_cube_tile_shapes([qhb, qhb], [st, pv_l1], [d, d])
                     o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
                     pypto.set_vec_tile_shapes(1, qhb, d)
                     acc[:] = o
@@ -219,7 +223,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
                     alpha = pypto.exp(m_i - m_new)
                     l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
                     m_i[:] = m_new
-                    pypto.set_cube_tile_shapes([qhb, qhb], [st, st], [d, d])
+                    pypto.set_cube_tile_shapes([qhb, qhb], [st, pv_l1], [d, d])
                     o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
                     pypto.set_vec_tile_shapes(1, qhb, d)
                     acc[:] = acc * alpha + o

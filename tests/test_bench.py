@@ -36,7 +36,9 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
         assert r["platform"] == runnable_platform.name and r["sim_us"] > 0 and r["tasks"]["AIC"] > 0
         assert 0 < r["roofline_fraction"] < 1 and r["roofline_bound"] in ("memory", "compute")
         assert r["flops"] > 0 and r["bytes"] > 0 and "calibrated" in r["roofline_source"] and "nominal" in r["roofline_source"]
-        assert r["calibration"]["bandwidth_gb_s"] > 0 and r["calibration"]["cube_tflops"] > 0 and r["calibration"]["vector_gops"] > 0
+        cal = r["calibration"]
+        assert cal["cube_tflops"] > 0 and cal["vector_gops"] > 0 and cal["vector_stream_gb_s"] > 0 and cal["cube_stream_gb_s"] > 0
+        assert cal["bandwidth_gb_s"] == max(cal["vector_stream_gb_s"], cal["cube_stream_gb_s"])  # the faster path
         assert 0 < r["nominal_roofline_fraction"] < 1
         base = r["baseline"]  # the reference schedule at the same point, same process
         assert base["schedule"] == "reference" and base["sim_us"] > 0 and base["tasks"]["AIC"] > 0

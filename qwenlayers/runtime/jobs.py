@@ -177,16 +177,26 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 @job("calibrate")
 def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes", "flops" or "ops"}}."""
-    from qwenlayers.core.kernels.micro import VECTOR_OPS_PER_ELEMENT, build_cube, build_stream, build_vector
+    from qwenlayers.core.kernels.micro import (
+        VECTOR_OPS_PER_ELEMENT,
+        build_cube,
+        build_stream,
+        build_vector,
+        build_weight_stream,
+    )
     from qwenlayers.runtime import sim
 
     rows, cols = inputs["stream_shape"]
     m, k, n = inputs["matmul_shape"]
     vr, vc = inputs["vector_shape"]
+    wr, wk, wn = inputs["weight_stream_shape"]
     opts = ctx.jit_options()
     runs = (
         ("stream", build_stream(rows, cols, jit_options=opts),
          (torch.zeros(rows, cols, dtype=torch.bfloat16), torch.zeros(rows, cols, dtype=torch.bfloat16)), {"bytes": 2 * rows * cols * 2}),
+        ("weight_stream", build_weight_stream(wr, wk, wn, jit_options=opts),
+         (torch.zeros(wr, wk, dtype=torch.bfloat16), torch.zeros(wk, wn, dtype=torch.bfloat16), torch.zeros(wr, wn)),
+         {"bytes": 2 * (wr * wk + wk * wn) + 4 * wr * wn}),
         ("cube", build_cube(m, k, n, jit_options=opts),
          (torch.zeros(m, k, dtype=torch.bfloat16), torch.zeros(k, n, dtype=torch.bfloat16), torch.zeros(m, n)), {"flops": 2 * m * k * n}),
         ("vector", build_vector(vr, vc, jit_options=opts), (torch.zeros(vr, vc), torch.zeros(vr, vc)),

@@ -36,6 +36,22 @@ def build_cube(m: int, k: int, n: int, *, jit_options: dict[str, Any]) -> Any:
     return cube
 
 
+def build_weight_stream(rows: int, k: int, n: int, *, jit_options: dict[str, Any]) -> Any:
+    """``out = a @ w`` with few rows (a decode projection): the [k, n] bf16 weight streams from GM
+    through the cube's L1 path, which the vector stream above does not use. The layer moves its
+    weights and KV cache this way, so the bandwidth it can reach is the larger of the two."""
+    import pypto
+
+    bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
+
+    @pypto.frontend.jit(**jit_options)
+    def weight_stream(a: pypto.Tensor((rows, k), bf16), w: pypto.Tensor((k, n), bf16), out: pypto.Tensor((rows, n), fp32)):
+        pypto.set_cube_tile_shapes([rows, rows], [128, 1024], [128, 128])
+        out[:] = pypto.matmul(a, w, fp32)
+
+    return weight_stream
+
+
 #: Vector ops per element of :func:`build_vector`: enough that the chain, not GM, sets the time.
 VECTOR_CHAIN = 16
 VECTOR_OPS_PER_ELEMENT = 2 * VECTOR_CHAIN

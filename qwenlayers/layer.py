@@ -79,7 +79,7 @@ class LayerResult:
 def _build_report(
     phase: Phase, target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, lens: list[int], plan: TilingPlan,
     timing: dict[str, Any], timing_from: str, reports: list[dict[str, Any]], summaries: list[dict[str, Any]],
-    wall_total: float, kept_dir: Any,
+    wall_total: float, kept_dir: Any, schedule: str,
 ) -> LayerReport:
     return LayerReport(
         phase=phase, platform=target.name, model=cfg.name, arch=str(timing.get("npuarch") or reports[0].get("npuarch")),
@@ -90,15 +90,20 @@ def _build_report(
         wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
         verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
-        run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"),
+        run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule,
     )
 
 
 def _cost_model_only(phase: Phase, target: Platform, reg: PlatformRegistry, cfg: Qwen3Config, lens: list[int],
-                     plan: TilingPlan, whole: Any) -> LayerResult:
+                     plan: TilingPlan, whole: Any, schedule: str) -> LayerResult:
     report = _build_report(phase, target, reg, cfg, lens, plan, whole.report, "cost-model run (no values)", [whole.report],
-                           [], whole.wall_s, whole.kept_dir)
+                           [], whole.wall_s, whole.kept_dir, schedule)
     return LayerResult(None, report)
+
+
+def _check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
 
 
 def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]) -> None:
@@ -282,8 +287,7 @@ def decode(
     of it is limited to sizes where one batch chunk runs the whole layer.
     """
     say = progress or (lambda _msg: None)
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    _check_schedule(schedule)
     cfg = as_config(config)
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
@@ -311,9 +315,7 @@ def decode(
         )
 
     if not values:
-        result = _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
-        result.report.schedule = schedule
-        return result
+        return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run(), schedule)
     split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     if schedule == "reference" and split.part != "layer":
         raise InputError(f"a checked reference-schedule run of {cfg.name} needs one sequence of the whole layer per worker, "
@@ -358,8 +360,8 @@ def decode(
     before = (k_cache.clone(), v_cache.clone()) if check else None
     _write_back(k_cache, v_cache, written)  # all workers succeeded: the documented rows only
 
-    report = _build_report("decode", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
-    report.schedule = schedule
+    report = _build_report("decode", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total,
+                           kept_dir, schedule)
     if check and before is not None:
         say("golden decode")
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
@@ -399,8 +401,7 @@ def prefill(
     checked runs go one worker per sequence chunk like the fused kernel's.
     """
     say = progress or (lambda _msg: None)
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    _check_schedule(schedule)
     cfg = as_config(config)
     if (k_cache is None) != (v_cache is None):
         raise InputError("pass both k_cache and v_cache, or neither (prefill then allocates them)")
@@ -444,9 +445,7 @@ def prefill(
         return run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
 
     if not values:
-        result = _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run())
-        result.report.schedule = schedule
-        return result
+        return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run(), schedule)
 
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
@@ -472,8 +471,8 @@ def prefill(
 
     before = (k_cache.clone(), v_cache.clone()) if check else None
     _write_back(k_cache, v_cache, written)  # all workers succeeded: rows 0..seq_len-1 only
-    report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total, kept_dir)
-    report.schedule = schedule
+    report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing_from, reports, summaries, wall_total,
+                           kept_dir, schedule)
     if check and before is not None:
         say("golden prefill")
         ref, ref_k, ref_v = golden.prefill(cfg, w, hidden, seq_lens, max_seq=max_seq)

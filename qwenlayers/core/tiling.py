@@ -74,6 +74,12 @@ class TilingPlan:
         ``seq_tile`` tiles inside the iteration), ``seq_tile`` in prefill (query tile = key block)."""
         return self.kv_block if self.phase == "decode" else self.seq_tile
 
+    @property
+    def pv_k_l1(self) -> int:
+        """Decode P @ V reduction rows staged in L1 per cube step: K_L1 of the KV_BLOCK rows,
+        in whole SEQ_TILE L0 tiles (at least one)."""
+        return max(self.seq_tile, min(self.k_l1, self.kv_block) // self.seq_tile * self.seq_tile)
+
     def values(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TILE_FIELDS}
 
@@ -151,8 +157,8 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("activation chunk", (p.cube_m, p.k_chunk), BF16, "cube", "l0a", "cube_m"),
         Tile("L1 staging", (p.cube_m + max(p.q_out_chunk, p.kv_out_chunk, p.mlp_out_chunk, p.k_chunk), p.k_l1), BF16,
              "staging", "l1", "k_l1"),
-        # decode P @ V: min(K_L1, KV_BLOCK) cache rows of V and the probabilities (padded to 16 rows) per cube step
-        Tile("P@V L1 staging", (d + 16, min(p.k_l1, p.kv_block)), BF16, "staging", "l1", "k_l1"),
+        # decode P @ V: PV_K_L1 cache rows of V and the probabilities (padded to 16 rows) per cube step
+        Tile("P@V L1 staging", (d + 16, p.pv_k_l1), BF16, "staging", "l1", "k_l1"),
     ]
 
 

@@ -84,9 +84,7 @@ class LayerTiles:
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]
         self.seq_tile = p.seq_tile
         self.kv_block = p.kv_block
-        # P @ V reduces over the KV_BLOCK rows: stage K_L1 of them in L1 per cube step, as the
-        # projections do, in whole SEQ_TILE L0 tiles
-        self.pv_k_l1 = max(p.seq_tile, min(p.k_l1, p.kv_block) // p.seq_tile * p.seq_tile)
+        self.pv_k_l1 = p.pv_k_l1  # P @ V stages this many of the KV_BLOCK rows in L1, as the projections stage K
         self.q_head_batch = p.q_head_batch
 
 
@@ -102,9 +100,9 @@ def project_qkv(cfg: Qwen3Config, t: LayerTiles, b_rows: int, eps: float, x: Any
     # K and V as two matmuls over column views of the packed weight, not one matmul and two
     # views of its output: a view of a matmul output that is then reshaped gets materialised
     # by 32-byte copies (qwen3-0.6b, 16 rows: 8,192 copies, ~30 % of the step's simulated time)
-    hk = w["w_kv"].shape[0]
-    k = blocks.linear(h, pypto.view(w["w_kv"], [hk, kw], [0, 0]), t.kv_proj)  # [B, KVH*D]
-    v = blocks.linear(h, pypto.view(w["w_kv"], [hk, kw], [0, kw]), t.kv_proj)
+    hidden = cfg.hidden_size
+    k = blocks.linear(h, pypto.view(w["w_kv"], [hidden, kw], [0, 0]), t.kv_proj)  # [B, KVH*D]
+    v = blocks.linear(h, pypto.view(w["w_kv"], [hidden, kw], [0, kw]), t.kv_proj)
 
     q_rot, k_rot = qk_norm_rope(cfg, t, b_rows, eps, q, k, w["w_qn"], w["w_kn"], cos, sin)
     q_groups = pypto.reshape(q_rot, [b_rows * kvh, g, d])  # the G query heads of each KV head

@@ -22,7 +22,7 @@ from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError, TilingError
 from qwenlayers.registry import PlatformRegistry, get_registry
-from qwenlayers.runtime.chunking import DecodeSplit, cache_rows_needed, prefill_chunks, split_decode
+from qwenlayers.runtime.chunking import Chunk, DecodeSplit, cache_rows_needed, check_reference_fits, prefill_chunks, split_decode
 
 Progress = Callable[[str], None]
 
@@ -213,6 +213,13 @@ def _trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:
     return out
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical, not equal in value: unused rows of a ``torch.empty`` cache may hold NaNs,
+    and NaN != NaN would make an untouched row look written."""
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return a.dtype == b.dtype and torch.equal(a.view(as_int[a.element_size()]), b.view(as_int[b.element_size()]))
+
+
 def _check_only_spans_written(
     phase: Phase, name: str, before: torch.Tensor, after: torch.Tensor, spans: list[tuple[int, int]], offset: int
 ) -> None:
@@ -222,7 +229,7 @@ def _check_only_spans_written(
     for i, (start, stop) in enumerate(spans):
         keep[i, start:stop] = False
     b_idx, r_idx = keep.nonzero(as_tuple=True)
-    if not torch.equal(before[b_idx, :, r_idx], after[b_idx, :, r_idx]):
+    if not _same_bits(before[b_idx, :, r_idx], after[b_idx, :, r_idx]):
         allowed = "row seq_len-1" if phase == "decode" else "rows 0..seq_len-1"
         raise KernelError(f"the {phase} kernel changed {name} rows other than {allowed} (batch rows {offset}..); "
                           "nothing was written back")
@@ -316,10 +323,10 @@ def decode(
 
     if not values:
         return _cost_model_only("decode", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run(), schedule)
-    split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
-    if schedule == "reference" and split.part != "layer":
-        raise InputError(f"a checked reference-schedule run of {cfg.name} needs one sequence of the whole layer per worker, "
-                         f"which is over the worker budget here; run it with values=False (cost model only)")
+    if schedule == "reference":  # one worker or none: its capture does not shrink with the batch
+        split = DecodeSplit("layer", [Chunk(0, len(lens), check_reference_fits(run_cfg, the_plan, "decode", lens))])
+    else:
+        split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     chunks = split.chunks
     out = torch.empty_like(hidden)
     written: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
@@ -417,7 +424,12 @@ def prefill(
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan, lens)
     st = the_plan.attention_block  # cache rows travel in whole attention iterations
-    chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m) if values else []
+    if not values:
+        chunks = []
+    elif schedule == "reference":  # one worker or none, as in decode
+        chunks = [Chunk(0, len(lens), check_reference_fits(run_cfg, the_plan, "prefill", lens))]
+    else:
+        chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m)
 
     from qwenlayers.runtime.worker import run_job
 

@@ -141,6 +141,41 @@ def test_when_one_row_does_not_fit_the_layer_runs_as_attention_chunks_and_mlp_sh
     assert result.report.timing_from == "whole-batch cost-model run"
 
 
+@pytest.mark.sim
+def test_nan_garbage_in_unused_cache_rows_is_never_read_or_mistaken_for_a_write(runnable_platform):
+    """A torch.empty cache can hold NaNs past each length: the kernel must not read them, and
+    the check that only row seq_len-1 changed must compare bits (NaN != NaN)."""
+    cfg = preset("tiny")
+    lens = [1, 17, 63, 65]
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, lens, seed=4)
+    for i, n in enumerate(lens):
+        k_cache[i, :, n:] = float("nan")
+        v_cache[i, :, n:] = float("nan")
+    k0, v0 = k_cache.clone(), v_cache.clone()
+    ref, ref_k, _ = golden.decode(cfg, qwenlayers.LayerWeights.random(cfg, seed=4), hidden, k0.clone(), v0.clone(), seq_lens)
+    result = qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg, seed=4), hidden, k_cache, v_cache, seq_lens,
+                               platform=runnable_platform.name, check=True)
+    assert torch.isfinite(result.out).all() and compare(result.out, ref).ok
+    assert result.report.within_tolerance
+    for i, n in enumerate(lens):
+        assert torch.equal(k_cache[i, :, n:].view(torch.int16), k0[i, :, n:].view(torch.int16))
+        assert torch.equal(v_cache[i, :, n:].view(torch.int16), v0[i, :, n:].view(torch.int16))
+        assert compare(k_cache[i, :, n - 1], ref_k[i, :, n - 1]).ok
+
+
+def test_a_checked_reference_run_too_big_for_a_worker_is_refused_with_the_figures():
+    """The baseline's projection loops hand the whole weight to every tile call, so its values
+    run cannot be cut into batch chunks; qwen3-0.6b already needs tens of GB. Refused before
+    any worker starts, and nothing changes."""
+    cfg = preset("qwen3-0.6b").with_max_seq(128)
+    hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [16, 16])
+    before = [t.clone() for t in (hidden, k_cache, v_cache)]
+    with pytest.raises(InputError, match=r"reference-schedule decode of qwen3-0.6b .* needs about \d+\.\d GB .*values=False"):
+        qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens,
+                          platform="a5sim", schedule="reference")
+    assert all(torch.equal(a, b) for a, b in zip((hidden, k_cache, v_cache), before))
+
+
 # ---------------------------------------------------------------- bad input: refused before any work
 
 
@@ -196,6 +231,15 @@ def test_compare_scales_rtol_by_the_row_and_still_counts_elementwise_misses():
     wrong = ref.clone()
     wrong[0, 2] = 0.5
     assert not compare(wrong, ref).ok
+
+
+def test_compare_treats_identical_nans_as_exact_and_any_other_nan_as_a_miss():
+    ref = torch.tensor([[1.0, float("nan"), 0.5]]).bfloat16()
+    assert compare(ref.clone(), ref).ok  # passed-through garbage (cache rows nobody may touch)
+    out = ref.clone()
+    out[0, 0] = float("nan")
+    c = compare(out, ref)
+    assert not c.ok and c.max_abs_err == float("inf")
 
 
 @pytest.mark.sim

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.errors import InputError
 
 GIB = 1024**3
@@ -157,3 +158,47 @@ def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_ti
                 f"{limit / GIB:.1f} GB. Raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory, or use a shorter sequence"
             )
     return chunks
+
+
+def reference_estimate(config: Qwen3Config, plan: TilingPlan, phase: str, lens: list[int]) -> int:
+    """Estimated peak bytes of one worker computing values of the reference-schedule baseline
+    (:mod:`qwenlayers.core.kernels.reference`) for sequences ``lens``.
+
+    The baseline's projections are loops over (output block, K chunk) whose every call takes
+    the whole weight tensor as an input, so the interpreter keeps a copy of the weight per call:
+    the capture grows with the number of tiles, not with the batch, and no chunking helps. Its
+    attention loops (per sequence or, in prefill, per token; per KV head and key block, four
+    one-trip stages each) take the whole cache per call. Measured: qwen3-0.6b prefill of 4 tokens
+    went past 24 GB (killed by the OOM killer) where the fused kernel's estimate said 1.2 GB."""
+    h, qw, kw, inter = config.hidden_size, config.q_width, config.kv_width, config.intermediate_size
+    kvh, d, st = config.num_key_value_heads, config.head_dim, plan.seq_tile
+    rows = len(lens) if phase == "decode" else sum(lens)
+    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
+    # (k, n, k chunk, output block, elements of the weight tensor the loop reads)
+    linears = [(h, qw, kc, qc, h * qw), (h, kw, kc, kvc, 2 * h * kw), (h, kw, kc, kvc, 2 * h * kw),
+               (qw, h, qc, kc, qw * h), (h, inter, kc, mc, 2 * h * inter), (h, inter, kc, mc, 2 * h * inter),
+               (inter, h, mc, kc, inter * h)]
+    captured = sum((n // out) * (1 + k // k_step) * 2 * (w + rows * (k + n)) for k, n, k_step, out, w in linears)
+    cache = 2 * len(lens) * kvh * cache_rows_needed(lens, st) * d * 2
+    if phase == "decode":
+        attention_calls = sum(kvh * (2 + 5 * -(-n // st)) for n in lens)
+    else:
+        attention_calls = sum(kvh * (2 + 5 * -(-(pos + 1) // st)) for n in lens for pos in range(n))
+    captured += attention_calls * cache
+    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + CAPTURE_FACTOR * captured)
+
+
+def check_reference_fits(config: Qwen3Config, plan: TilingPlan, phase: str, lens: list[int], *, budget: int | None = None) -> int:
+    """The reference-schedule baseline runs checked in one worker or not at all: refuse it,
+    with the figures, when its estimate is over the budget. Returns the estimate."""
+    limit = budget_bytes() if budget is None else budget
+    need = reference_estimate(config, plan, phase, lens)
+    if need > limit:
+        raise InputError(
+            f"a checked reference-schedule {phase} of {config.name} with {len(lens)} sequence(s) of "
+            f"{sum(lens)} token(s) needs about {need / GIB:.1f} GB in one worker (its projection loops hand the "
+            f"whole weight to every tile, and pypto 0.2.0 keeps every loop call's inputs to produce values on a CPU); "
+            f"the budget is {limit / GIB:.1f} GB. Run it with values=False (cost model only), as `qwenlayers bench` does, "
+            "or raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory"
+        )
+    return need

@@ -84,3 +84,13 @@ def test_the_default_kv_block_shrinks_to_the_longest_sequence_of_the_call():
     user = plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128, overrides={"kv_block": 2048})
     assert user.kv_block == 2048 and user.origin_of("kv_block") == "user"  # a user value is kept
     assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=128).kv_block == 4096  # decode only
+
+
+def test_row_vector_tiles_keep_the_plan_tile_bytes_and_divide_the_row():
+    """The [rows, H] vector ops run in one-row tiles of at most tok_tile x chunk elements that
+    divide the row (qwen3-32b hidden 5120: 512; a tp=8 MLP shard of 3200 columns: 128)."""
+    from qwenlayers.core.kernels.decode import _row_tile
+
+    assert _row_tile(5120, 128, 4) == 512
+    assert _row_tile(3200, 64, 4) == 128
+    assert _row_tile(4096, 128, 1) == 128  # one decode row: the plan's chunk itself

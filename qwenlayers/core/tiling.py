@@ -154,6 +154,9 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("gate/up weight", (p.k_chunk, p.mlp_out_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
         Tile("down weight", (p.mlp_out_chunk, p.k_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
         Tile("kv block", (p.seq_tile, d), BF16, "cube", "l0b", "seq_tile"),
+        # decode attention: all G query heads of a KV group are one cube m tile, so each K/V
+        # tile is fetched once per group (Q_HEAD_BATCH sets only the vector tiles' rows)
+        Tile("attn scores (cube)", (config.group_size, p.seq_tile), FP32, "cube", "l0c", "seq_tile"),
         Tile("activation chunk", (p.cube_m, p.k_chunk), BF16, "cube", "l0a", "cube_m"),
         Tile("L1 staging", (p.cube_m + max(p.q_out_chunk, p.kv_out_chunk, p.mlp_out_chunk, p.k_chunk), p.k_l1), BF16,
              "staging", "l1", "k_l1"),

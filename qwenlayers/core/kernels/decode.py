@@ -87,7 +87,7 @@ class LayerTiles:
         # The [rows, H] and [rows, I] vector ops (norms, residuals, SwiGLU) run in one-row tiles of
         # the same bytes as the plan's [tok_tile, chunk] tile: pypto gives each row its own task
         # instead of one task per tok_tile rows, and a row's reduction still stays in one task.
-        # qwen3-8b 16 x 4096 (a2a3sim): the input RMSNorm went from 4 tasks of 47k cycles to 16
+        # qwen3-8b 16 x 4096 (cost model): the input RMSNorm went from 4 tasks of 47k cycles to 16
         # of 12k, the step from 1,201 to 1,147 us.
         self.hidden_vec = (1, _row_tile(h, p.k_chunk, self.rows))
         self.mlp_vec = (1, _row_tile(config.intermediate_size, p.mlp_out_chunk, self.rows))

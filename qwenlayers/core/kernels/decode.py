@@ -84,13 +84,14 @@ class LayerTiles:
         self.o_proj = CubeTiles(m, p.q_out_chunk, p.k_chunk, min(p.k_l1, config.q_width))
         self.gate_up = CubeTiles(m, p.k_chunk, p.mlp_out_chunk, min(p.k_l1, h))
         self.down = CubeTiles(m, p.mlp_out_chunk, p.k_chunk, min(p.k_l1, config.intermediate_size))
-        # The [rows, H] and [rows, I] vector ops (norms, residuals, SwiGLU) run in one-row tiles of
-        # the same bytes as the plan's [tok_tile, chunk] tile: pypto gives each row its own task
-        # instead of one task per tok_tile rows, and a row's reduction still stays in one task.
-        # qwen3-8b 16 x 4096 (cost model): the input RMSNorm went from 4 tasks of 47k cycles to 16
-        # of 12k, the step from 1,201 to 1,147 us.
+        # The [rows, H] ops (RMSNorm, residuals) run in one-row tiles of the same bytes as the
+        # plan's [tok_tile, k_chunk] tile: pypto gives each row its own task instead of one task
+        # per tok_tile rows, and a row's reduction still stays in one task. qwen3-8b 16 x 4096
+        # (cost model): the input RMSNorm went from 4 tasks of 47k cycles to 16 of 12k, the step
+        # from 1,201 to 1,147 us. SwiGLU (elementwise) gained nothing from it at 8B and lost at a
+        # tp=8 32B shard (3,200 columns: 142 -> 151 us, compile 15 -> 23 s), so it keeps its tile.
         self.hidden_vec = (1, _row_tile(h, p.k_chunk, self.rows))
-        self.mlp_vec = (1, _row_tile(config.intermediate_size, p.mlp_out_chunk, self.rows))
+        self.mlp_vec = (self.rows, p.mlp_out_chunk)
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]
         self.seq_tile = p.seq_tile
         self.kv_block = p.kv_block

@@ -50,8 +50,8 @@ def compare(out: torch.Tensor, ref: torch.Tensor, *, atol: float = ATOL, rtol: f
     o, r = out.float(), ref.float()
     # Identical elements are exact, whatever they hold: cache rows a kernel must pass through
     # may be NaN garbage (a torch.empty cache). Any other NaN is an error of infinite size.
-    err = torch.where(o == r, 0.0, torch.nan_to_num((o - r).abs(), nan=float("inf")))
-    err = torch.where(o.isnan() & r.isnan(), 0.0, err)
+    same = (o == r) | (o.isnan() & r.isnan())
+    err = torch.where(same, 0.0, torch.nan_to_num((o - r).abs(), nan=float("inf")))
     finite = torch.where(r.isfinite(), r, 0.0)
     row_rms = finite.pow(2).mean(-1, keepdim=True).sqrt()
     scaled = atol + rtol * torch.maximum(finite.abs(), row_rms)

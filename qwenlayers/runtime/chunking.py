@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.kernels.reference import projection_loops
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.errors import InputError
 
@@ -170,15 +171,10 @@ def reference_estimate(config: Qwen3Config, plan: TilingPlan, phase: str, lens: 
     attention loops (per sequence or, in prefill, per token; per KV head and key block, four
     one-trip stages each) take the whole cache per call. Measured: qwen3-0.6b prefill of 4 tokens
     went past 24 GB (killed by the OOM killer) where the fused kernel's estimate said 1.2 GB."""
-    h, qw, kw, inter = config.hidden_size, config.q_width, config.kv_width, config.intermediate_size
     kvh, d, st = config.num_key_value_heads, config.head_dim, plan.seq_tile
     rows = len(lens) if phase == "decode" else sum(lens)
-    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
-    # (k, n, k chunk, output block, elements of the weight tensor the loop reads)
-    linears = [(h, qw, kc, qc, h * qw), (h, kw, kc, kvc, 2 * h * kw), (h, kw, kc, kvc, 2 * h * kw),
-               (qw, h, qc, kc, qw * h), (h, inter, kc, mc, 2 * h * inter), (h, inter, kc, mc, 2 * h * inter),
-               (inter, h, mc, kc, inter * h)]
-    captured = sum((n // out) * (1 + k // k_step) * 2 * (w + rows * (k + n)) for k, n, k_step, out, w in linears)
+    # each call keeps the whole weight tensor it views, its input rows and its output rows (bf16)
+    captured = sum(p.loop_calls * 2 * (p.k * p.w_cols + rows * (p.k + p.n)) for p in projection_loops(config, plan).values())
     cache = 2 * len(lens) * kvh * cache_rows_needed(lens, st) * d * 2
     if phase == "decode":
         attention_calls = sum(kvh * (2 + 5 * -(-n // st)) for n in lens)

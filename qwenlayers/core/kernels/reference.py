@@ -28,7 +28,7 @@ as the fused builders plus the GM workspaces the stages round-trip through (see
 
 # No `from __future__ import annotations`: pypto reads real annotation objects in jit functions.
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
@@ -55,6 +55,39 @@ def reference_workspaces(config: Qwen3Config, shape: DecodeShape, seq_tile: int)
         "alpha": ((heads, g, 1), "fp32"),
         "attn": ((heads, g, d), "bf16"),
         **{k: ws[k] for k in ("o_ws", "resid_ws", "gate_ws", "up_ws", "act_ws")},
+    }
+
+
+class ProjectionLoop(NamedTuple):
+    """One reference-style projection: x [rows, k] @ w[:, col0:col0+n], w being [k, w_cols],
+    looped over n/out_chunk output blocks and, inside each, k/k_chunk add+matmul steps."""
+
+    k: int
+    n: int
+    col0: int
+    w_cols: int
+    k_chunk: int
+    out_chunk: int
+
+    @property
+    def loop_calls(self) -> int:
+        """Loop-body calls: one per output block, plus one per K chunk inside it."""
+        return (self.n // self.out_chunk) * (1 + self.k // self.k_chunk)
+
+
+def projection_loops(cfg: Qwen3Config, plan: TilingPlan) -> dict[str, ProjectionLoop]:
+    """The baseline's seven projections (separate Q, K, V, gate and up; o_proj; down_proj),
+    as :func:`_ends_fns` builds them and ``runtime.chunking.reference_estimate`` sizes them."""
+    h, inter, qw, kw = cfg.hidden_size, cfg.intermediate_size, cfg.q_width, cfg.kv_width
+    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
+    return {
+        "q": ProjectionLoop(h, qw, 0, qw, kc, qc),
+        "k": ProjectionLoop(h, kw, 0, 2 * kw, kc, kvc),
+        "v": ProjectionLoop(h, kw, kw, 2 * kw, kc, kvc),
+        "o": ProjectionLoop(qw, h, 0, h, qc, kc),
+        "gate": ProjectionLoop(h, inter, 0, 2 * inter, kc, mc),
+        "up": ProjectionLoop(h, inter, inter, 2 * inter, kc, mc),
+        "down": ProjectionLoop(inter, h, 0, h, mc, kc),
     }
 
 
@@ -224,14 +257,9 @@ def _ends_fns(cfg: Qwen3Config, plan: TilingPlan, t: LayerTiles, rows: int, m: i
     bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
     h, inter, qw, kw, eps = cfg.hidden_size, cfg.intermediate_size, cfg.q_width, cfg.kv_width, cfg.rms_norm_eps
     lay = decode_weight_layout(cfg)
-    kc, qc, kvc, mc = plan.k_chunk, plan.q_out_chunk, plan.kv_out_chunk, plan.mlp_out_chunk
-    lin_q = _linear_fn(rows, h, qw, 0, qw, kc, qc, m)
-    lin_k = _linear_fn(rows, h, kw, 0, 2 * kw, kc, kvc, m)
-    lin_v = _linear_fn(rows, h, kw, kw, 2 * kw, kc, kvc, m)
-    lin_o = _linear_fn(rows, qw, h, 0, h, qc, kc, m)
-    lin_gate = _linear_fn(rows, h, inter, 0, 2 * inter, kc, mc, m)
-    lin_up = _linear_fn(rows, h, inter, inter, 2 * inter, kc, mc, m)
-    lin_down = _linear_fn(rows, inter, h, 0, h, mc, kc, m, residual=True)
+    loops = projection_loops(cfg, plan)
+    lin_q, lin_k, lin_v, lin_o, lin_gate, lin_up = (_linear_fn(rows, *loops[name], m) for name in ("q", "k", "v", "o", "gate", "up"))
+    lin_down = _linear_fn(rows, *loops["down"], m, residual=True)
 
     @pypto.frontend.function
     def front_ref(

@@ -69,6 +69,7 @@ def assert_decode_matches_golden(cfg, weights, platform, lens, **kwargs):
     ("tiny", {"KV_BLOCK": 128}),  # two SEQ_TILE tiles per iteration, up to two iterations (online softmax)
     ("tiny-mha", {"KV_BLOCK": 64}),  # GQA 1, one tile per iteration
     ("tiny-gqa8", {}),  # GQA 8; 8x32 != hidden 128
+    ("tiny", {"CUBE_MERGE": 1, "MERGE_COPY_KB": 102400}),  # no task merging: pypto's own pass options
 ])
 def test_decode_matches_golden_at_edge_lengths(runnable_platform, model, tiles):
     cfg = preset(model)
@@ -81,6 +82,21 @@ def test_decode_matches_golden_at_edge_lengths(runnable_platform, model, tiles):
     assert r.sim_us > 0 and r.tasks["AIC"] > 0 and r.tasks["AIV"] > 0 and r.compile_s > 0
     assert r.plan["seq_tile"] == plan.seq_tile and r.seq_lens == lens
     assert "pypto-loop-results-through-gm" in r.workarounds
+
+
+@pytest.mark.sim
+def test_merging_cube_tasks_changes_the_task_count_not_the_values(runnable_platform):
+    """CUBE_MERGE reaches pypto (fewer, longer cube tasks) and leaves the results as they were."""
+    cfg = preset("tiny")
+    weights = qwenlayers.LayerWeights.random(cfg, seed=3)
+    lens = [1, 63, 64, 65, 200, 256]
+    tasks = {}
+    for merge in (1, 4):
+        tiles = {"CUBE_MERGE": merge, "MERGE_COPY_KB": 102400}
+        result = assert_decode_matches_golden(cfg, weights, runnable_platform, lens, plan=tiles)
+        assert result.report.plan["cube_merge"] == merge
+        tasks[merge] = result.report.tasks["AIC"]
+    assert tasks[4] < tasks[1], tasks
 
 
 @pytest.mark.sim

@@ -4,7 +4,15 @@ from hypothesis import strategies as st
 
 from qwenlayers.api import plan
 from qwenlayers.core.config import PRESETS, preset
-from qwenlayers.core.tiling import TILE_FIELDS, check_plan, parse_overrides, tile_checks
+from qwenlayers.core.tiling import (
+    PYPTO_CUBE_MERGE,
+    PYPTO_MERGE_COPY_KB,
+    TILE_FIELDS,
+    TilingPlan,
+    check_plan,
+    parse_overrides,
+    tile_checks,
+)
 from qwenlayers.errors import TilingError
 from qwenlayers.registry import get_registry
 
@@ -24,7 +32,8 @@ def test_32b_anchor_is_reference_000():
     assert p.values() == {"tok_tile": 4, "k_chunk": 128, "q_out_chunk": 64, "kv_out_chunk": 64,
                           "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64,  # reference 000's table
                           "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
-                          "kv_block": 4096}  # decode attention rows per loop iteration (docs/decode.md)
+                          "kv_block": 4096,  # decode attention rows per loop iteration (docs/decode.md)
+                          "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
 
 
 def test_kv_block_is_whole_seq_tiles_and_fits_the_cache():
@@ -94,3 +103,18 @@ def test_row_vector_tiles_keep_the_plan_tile_bytes_and_divide_the_row():
     assert _row_tile(5120, 128, 4) == 512
     assert _row_tile(3200, 64, 4) == 128
     assert _row_tile(4096, 128, 1) == 128  # one decode row: the plan's chunk itself
+
+
+def test_task_merging_fields_are_plan_values_handed_to_pypto_as_pass_options():
+    p = plan("qwen3-32b", "decode", platform="a2a3sim")
+    assert p.pass_options() == {"cube_nbuffer_setting": {-1: 2}, "mg_copyin_upper_bound": 2048 * 1024}
+    assert p.origin_of("cube_merge").startswith("plugin qwenlayers-a2a3sim")
+    user = plan("qwen3-32b", "decode", platform="a2a3sim", overrides={"CUBE_MERGE": 1, "MERGE_COPY_KB": 102400})
+    assert user.origin_of("cube_merge") == "user"
+    assert user.pass_options() == {"cube_nbuffer_setting": {-1: 1}, "mg_copyin_upper_bound": 100 * 1024 * 1024}
+    # a plan that never names them (an older tuned or hand-written plan) compiles as pypto would
+    bare = TilingPlan(phase="decode", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64,
+                      q_head_batch=4, seq_tile=64)
+    assert (bare.cube_merge, bare.merge_copy_kb) == (PYPTO_CUBE_MERGE, PYPTO_MERGE_COPY_KB)
+    with pytest.raises(TilingError, match="cube_merge=0"):
+        plan("tiny", "decode", platform="a5sim", overrides={"cube_merge": 0})

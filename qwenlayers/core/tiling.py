@@ -31,7 +31,13 @@ TILE_FIELDS: dict[str, str] = {
     "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
     "cube_m": "activation rows per cube (L0A) tile",
     "k_l1": "reduction columns staged in L1 per cube step (a multiple of every L0 k tile)",
+    "cube_merge": "same-shape cube tasks merged into one task (fewer, longer tasks: each pays the scheduler's per-task cost once)",
+    "merge_copy_kb": "KiB of GM->L1 copies one merged cube task may hold (caps how many output tiles pypto folds into one task)",
 }
+
+#: pypto 0.2.0's own values of the two task-merging fields (cube_nbuffer_setting {-1: 1},
+#: mg_copyin_upper_bound 100 MiB): a plan that leaves them here compiles as pypto would.
+PYPTO_CUBE_MERGE, PYPTO_MERGE_COPY_KB = 1, 100 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class TilingPlan:
     cube_m: int = 16
     k_l1: int = 1024
     kv_block: int = 0  # 0: one SEQ_TILE per iteration (plans written before the field existed)
+    cube_merge: int = PYPTO_CUBE_MERGE
+    merge_copy_kb: int = PYPTO_MERGE_COPY_KB
     source: str = "default"
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -79,6 +87,18 @@ class TilingPlan:
         """Decode P @ V reduction rows staged in L1 per cube step: K_L1 of the KV_BLOCK rows,
         in whole SEQ_TILE L0 tiles (at least one)."""
         return max(self.seq_tile, min(self.k_l1, self.kv_block) // self.seq_tile * self.seq_tile)
+
+    def pass_options(self) -> dict[str, object]:
+        """The plan's task-merging fields as pypto pass options.
+
+        pypto's cost model (like the device's AICPU scheduler it models) charges every task a
+        dispatch: a scheduler thread polls its cores (~240 cycles each), resolves successors
+        (~390 each) and dispatches (~200), so a core sits ~5-6k cycles between two tasks
+        (measured on a simulated trace of qwen3-8b, 16 x 4096: ~20 % of every cube core's
+        time). Merging same-shape cube tasks pays that once per merged task; capping a merged
+        task's copies keeps pypto from folding a whole projection into a few tasks (qwen3-8b
+        o_proj: 4 tasks of 142k cycles on 24 cube cores)."""
+        return {"cube_nbuffer_setting": {-1: self.cube_merge}, "mg_copyin_upper_bound": self.merge_copy_kb * 1024}
 
     def values(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TILE_FIELDS}

@@ -33,6 +33,16 @@ class CubeTiles:
         pypto.set_cube_tile_shapes([self.m, self.m], [self.k, self.k_l1], [self.n, self.n])
 
 
+def merge_tasks(pass_options: dict[str, Any]) -> None:
+    """Apply a plan's task-merging pass options (:meth:`TilingPlan.pass_options`) to the
+    functions the jit body builds from here on. Called first in a layer body, not handed to
+    ``pypto.frontend.jit``: pypto 0.2.0's jit accepts only some pass option names
+    (``mg_copyin_upper_bound`` is not one), its option scope takes them all."""
+    import pypto
+
+    pypto.set_options(pass_options=pass_options)
+
+
 def rms_norm_rows(x_f32: Any, weight: Any, width: int, eps: float) -> Any:
     """Golden ``rms_norm`` of fp32 rows [R, W] with a bf16 weight [1, W]: the normalised value is
     rounded to bf16 before the weight product, which is rounded again."""

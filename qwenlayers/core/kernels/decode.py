@@ -97,6 +97,7 @@ class LayerTiles:
         self.kv_block = p.kv_block
         self.pv_k_l1 = p.pv_k_l1  # P @ V stages this many of the KV_BLOCK rows in L1, as the projections stage K
         self.q_head_batch = p.q_head_batch
+        self.pass_options = p.pass_options()
 
 
 def project_qkv(cfg: Qwen3Config, t: LayerTiles, b_rows: int, eps: float, x: Any, w: dict[str, Any], cos: Any, sin: Any) -> Any:
@@ -287,6 +288,7 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
         out: pypto.Tensor((b_rows, h), bf16),
     ):
+        blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
@@ -341,6 +343,7 @@ def build_decode_attention(
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
         resid: pypto.Tensor((b_rows, h), out_dtype),
     ):
+        blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
         flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, write_heads, write_rows, attn)
@@ -367,6 +370,7 @@ def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPla
         w_down: pypto.Tensor((inter, h), bf16),
         part: pypto.Tensor((rows, h), fp32),
     ):
+        blocks.merge_tasks(t.pass_options)
         part[:] = mlp_half(cfg, t, eps, resid, {"w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}, inter, True)
 
     return qwen3_decode_mlp

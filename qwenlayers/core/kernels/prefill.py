@@ -102,6 +102,7 @@ def build_prefill(
         attn: pypto.Tensor((n_tok, qw), bf16),
         out: pypto.Tensor((n_tok, h), out_dtype),
     ):
+        blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         # A. projections, norms and RoPE per token tile

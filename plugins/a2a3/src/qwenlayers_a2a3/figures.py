@@ -36,4 +36,7 @@ A2A3 = Platform(
 ANCHORS = TilingPlan.per_phase(
     source="plugin qwenlayers-a2a3", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64, q_head_batch=4, seq_tile=64,
     cube_m=16, k_l1=1024, kv_block=4096,  # decode: one attention iteration per 4096 cache rows (simulated 7x faster than 64 at 0.6B 16x4096)
+    # pypto task merging (docs/decode.md "Task merging"): same-shape cube tasks in pairs, a merged
+    # task's GM->L1 copies capped at 2 MiB (qwen3-8b decode 16 x 4096, a2a3sim: 1,147 -> 969 us)
+    cube_merge=2, merge_copy_kb=2048,
 )

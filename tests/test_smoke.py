@@ -1,5 +1,9 @@
 """A real pypto compile and simulated run on the platform under test (QWENLAYERS_PLATFORM)."""
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,12 +41,19 @@ def test_kernel_output_is_not_the_input_and_inputs_survive(runnable_platform):
 
 
 def test_worker_failure_is_a_kernel_error_with_log_tail(runnable_platform):
-    with pytest.raises(KernelError, match=r"(?s)pypto worker for no-such-job on platform .* exited with code 1.*KeyError.*repro:"):
+    with pytest.raises(KernelError, match=r"(?s)pypto worker for no-such-job on platform .* exited with code 1.*KeyError.*repro:") as info:
         run_job(runnable_platform, "no-such-job", {})
+    kept = re.search(r"run folder kept: (\S+)\)", str(info.value))
+    assert kept and Path(kept.group(1)).is_dir()  # kept for the user to debug; the test cleans up after itself
+    shutil.rmtree(kept.group(1))
 
 
 def test_trace_kept_only_when_asked(runnable_platform):
     kept = qwenlayers.smoke(runnable_platform.name, keep=True, tokens=8, hidden=256)
     assert kept.report["trace"] and kept.report["trace"].endswith(".json")
+    worker_dir = Path(kept.report["run_dir"])  # pypto's output folder inside the worker's run folder
+    while worker_dir.parent != cache_root() / "runs":
+        worker_dir = worker_dir.parent
+    shutil.rmtree(worker_dir)  # kept because asked; the test cleans up after itself
     dropped = qwenlayers.smoke(runnable_platform.name, tokens=8, hidden=256)
     assert dropped.report["trace"] is None and dropped.report["run_dir"] is None

@@ -70,6 +70,7 @@ def assert_decode_matches_golden(cfg, weights, platform, lens, **kwargs):
     ("tiny-mha", {"KV_BLOCK": 64}),  # GQA 1, one tile per iteration
     ("tiny-gqa8", {}),  # GQA 8; 8x32 != hidden 128
     ("tiny", {"CUBE_MERGE": 1, "MERGE_COPY_KB": 102400}),  # no task merging: pypto's own pass options
+    ("tiny", {"KV_BLOCK": 128, "SCORE_COLS": 64}),  # softmax tiles of one cube score tile
 ])
 def test_decode_matches_golden_at_edge_lengths(runnable_platform, model, tiles):
     cfg = preset(model)

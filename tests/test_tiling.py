@@ -33,6 +33,7 @@ def test_32b_anchor_is_reference_000():
                           "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64,  # reference 000's table
                           "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
                           "kv_block": 4096,  # decode attention rows per loop iteration (docs/decode.md)
+                          "score_cols": 128,  # decode softmax tile columns (docs/decode.md)
                           "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
 
 
@@ -90,6 +91,7 @@ def test_the_default_kv_block_shrinks_to_the_longest_sequence_of_the_call():
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128).kv_block == 128
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=1000).kv_block == 1024
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5).kv_block == 64  # never below SEQ_TILE
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5).score_cols == 64  # follows KV_BLOCK down
     user = plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128, overrides={"kv_block": 2048})
     assert user.kv_block == 2048 and user.origin_of("kv_block") == "user"  # a user value is kept
     assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=128).kv_block == 4096  # decode only
@@ -118,3 +120,16 @@ def test_task_merging_fields_are_plan_values_handed_to_pypto_as_pass_options():
     assert (bare.cube_merge, bare.merge_copy_kb) == (PYPTO_CUBE_MERGE, PYPTO_MERGE_COPY_KB)
     with pytest.raises(TilingError, match="cube_merge=0"):
         plan("tiny", "decode", platform="a5sim", overrides={"cube_merge": 0})
+
+
+def test_score_cols_are_whole_seq_tiles_inside_one_kv_block():
+    assert plan("tiny", "decode", platform="a5sim").score_cols == 128
+    assert plan("tiny", "decode", platform="a5sim", overrides={"kv_block": 64}).score_cols == 64  # the plugin's follows
+    with pytest.raises(TilingError, match="score_cols=96 is not a multiple of seq_tile=64"):
+        plan("tiny", "decode", platform="a5sim", overrides={"score_cols": 96})
+    with pytest.raises(TilingError, match="score_cols=128 does not divide kv_block=64"):
+        plan("tiny", "decode", platform="a5sim", overrides={"score_cols": 128, "kv_block": 64})
+    with pytest.raises(TilingError, match="'softmax scores' \\[4 x 256\\] fp32 = 4096 B"):
+        plan("qwen3-32b", "decode", platform="a5sim", overrides={"score_cols": 256})
+    # a user SCORE_COLS keeps the fitted KV_BLOCK from going below it
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"score_cols": 128}).kv_block == 128

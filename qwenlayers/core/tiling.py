@@ -29,6 +29,7 @@ TILE_FIELDS: dict[str, str] = {
     "q_head_batch": "query heads of one KV group per attention tile",
     "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
     "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
+    "score_cols": "decode: attention-score columns per softmax vector tile (a multiple of seq_tile dividing kv_block)",
     "cube_m": "activation rows per cube (L0A) tile",
     "k_l1": "reduction columns staged in L1 per cube step (a multiple of every L0 k tile)",
     "cube_merge": "same-shape cube tasks merged into one task (fewer, longer tasks: each pays the scheduler's per-task cost once)",
@@ -56,6 +57,7 @@ class TilingPlan:
     cube_m: int = 16
     k_l1: int = 1024
     kv_block: int = 0  # 0: one SEQ_TILE per iteration (plans written before the field existed)
+    score_cols: int = 0  # 0: SEQ_TILE columns (plans written before the field existed)
     cube_merge: int = PYPTO_CUBE_MERGE
     merge_copy_kb: int = PYPTO_MERGE_COPY_KB
     source: str = "default"
@@ -66,6 +68,8 @@ class TilingPlan:
             raise TilingError(f"TilingPlan.phase={self.phase!r}; allowed: {', '.join(PHASES)}")
         if self.kv_block == 0:
             object.__setattr__(self, "kv_block", self.seq_tile)
+        if self.score_cols == 0:
+            object.__setattr__(self, "score_cols", self.seq_tile)
         for name in TILE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -169,6 +173,9 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("mlp acc", (p.tok_tile, p.mlp_out_chunk), FP32, "vector", "ub", "mlp_out_chunk"),
         Tile("attn acc", (p.q_head_batch, d), FP32, "vector", "ub", "q_head_batch"),
         Tile("attn scores", (p.q_head_batch, p.seq_tile), FP32, "vector", "ub", "seq_tile"),
+        # decode softmax: the scores the cube wrote in seq_tile columns, read back in wider
+        # vector tiles (each TILELET copy in costs the same fixed DMA time whatever its bytes)
+        Tile("softmax scores", (p.q_head_batch, p.score_cols), FP32, "vector", "ub", "score_cols"),
         Tile("q_proj weight", (p.k_chunk, p.q_out_chunk), BF16, "cube", "l0b", "q_out_chunk"),
         Tile("kv_proj weight", (p.k_chunk, p.kv_out_chunk), BF16, "cube", "l0b", "kv_out_chunk"),
         Tile("gate/up weight", (p.k_chunk, p.mlp_out_chunk), BF16, "cube", "l0b", "mlp_out_chunk"),
@@ -217,10 +224,14 @@ def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int,
 def _largest_fitting(name: str, plan: TilingPlan, config: Qwen3Config, platform: Platform) -> int:
     """The largest value of ``name`` (a power of two) that passes every check, for the hint."""
     value = getattr(plan, name)
+    follows = name == "seq_tile" and plan.origin_of("score_cols") not in ("user", "tuned")
     while value > 1:
         value //= 2
+        candidate = replace(plan, **{name: value})
+        if follows:  # the plugin's SCORE_COLS can always come down to one SEQ_TILE
+            candidate = replace(candidate, score_cols=value)
         try:
-            check_plan(replace(plan, **{name: value}), config, platform, _hint=False)
+            check_plan(candidate, config, platform, _hint=False)
             return value
         except TilingError:
             continue
@@ -272,6 +283,12 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
     if plan.kv_block > max(config.max_seq, plan.seq_tile):
         raise TilingError(f"kv_block={plan.kv_block} exceeds max_seq={config.max_seq} {where} {src('kv_block')}; "
                           "use kv_block <= max_seq")
+    if plan.score_cols % plan.seq_tile:
+        raise TilingError(f"score_cols={plan.score_cols} is not a multiple of seq_tile={plan.seq_tile} {where} {src('score_cols')}; "
+                          "a softmax tile holds whole cube score tiles")
+    if plan.kv_block % plan.score_cols:
+        raise TilingError(f"score_cols={plan.score_cols} does not divide kv_block={plan.kv_block} {where} {src('score_cols')}; "
+                          "use a divisor of kv_block that is a multiple of seq_tile")
 
 
 def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, phase: Phase) -> TilingPlan:
@@ -290,6 +307,8 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
                 fits = all(c.ok for c in own) and (name != "seq_tile" or value <= config.max_seq)
                 if name == "kv_block":  # whole seq_tile tiles, no longer than the cache
                     fits = value % plan.seq_tile == 0 and value <= max(config.max_seq, plan.seq_tile)
+                if name == "score_cols":  # whole seq_tile tiles inside one kv_block
+                    fits = fits and value % plan.seq_tile == 0 and plan.kv_block % value == 0
             if fits or value == 1:
                 break
             value //= 2
@@ -304,13 +323,27 @@ def fit_kv_block(plan: TilingPlan, lens: list[int]) -> TilingPlan:
     The cost of an attention iteration follows its block size, not the rows ``valid_shape``
     keeps (measured: qwen3-0.6b, one sequence of 128, KV_BLOCK 4096 simulated 356 us and
     compiled 23 s; KV_BLOCK 128, 167 us and 4 s), so a block longer than every sequence of
-    the call only costs. Applied to the plugin's value, never to a user or tuned one."""
-    if plan.phase != "decode" or not lens or plan.origin_of("kv_block") in ("user", "tuned"):
+    the call only costs. Applied to the plugin's value, never to a user or tuned one (nor
+    below a user or tuned SCORE_COLS); the plugin's SCORE_COLS then follows it."""
+    if plan.phase == "decode" and lens and plan.origin_of("kv_block") not in ("user", "tuned"):
+        fixed_cols = plan.score_cols if plan.origin_of("score_cols") in ("user", "tuned") else 1
+        kb, floor = plan.kv_block, max(max(lens), plan.seq_tile, fixed_cols)
+        while kb // 2 >= floor and (kb // 2) % plan.seq_tile == 0:
+            kb //= 2
+        if kb != plan.kv_block:
+            plan = replace(plan, kv_block=kb)
+    return fit_score_cols(plan)
+
+
+def fit_score_cols(plan: TilingPlan) -> TilingPlan:
+    """The plugin's SCORE_COLS fitted to the plan's SEQ_TILE and KV_BLOCK: the largest multiple
+    of SEQ_TILE up to it that divides KV_BLOCK (a user's KV_BLOCK=64 takes it from 128 to 64).
+    A user or tuned value is left as it is, for :func:`check_plan` to judge."""
+    if plan.origin_of("score_cols") in ("user", "tuned"):
         return plan
-    kb, longest = plan.kv_block, max(lens)
-    while kb // 2 >= max(longest, plan.seq_tile) and (kb // 2) % plan.seq_tile == 0:
-        kb //= 2
-    return replace(plan, kv_block=kb) if kb != plan.kv_block else plan
+    st, cols = plan.seq_tile, plan.score_cols
+    fitted = next((c for c in range(cols - cols % st, 0, -st) if plan.kv_block % c == 0), st)
+    return plan if fitted == cols else replace(plan, score_cols=fitted)
 
 
 def plan_fields() -> list[str]:

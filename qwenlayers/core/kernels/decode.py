@@ -95,6 +95,7 @@ class LayerTiles:
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]
         self.seq_tile = p.seq_tile
         self.kv_block = p.kv_block
+        self.score_cols = p.score_cols  # decode softmax vector tile columns (SEQ_TILE-wide cube tiles)
         self.pv_k_l1 = p.pv_k_l1  # P @ V stages this many of the KV_BLOCK rows in L1, as the projections stage K
         self.q_head_batch = p.q_head_batch
         self.pass_options = p.pass_options()
@@ -216,7 +217,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
                 pypto.set_cube_tile_shapes([g, g], [d, d], [st, st])
                 s = pypto.matmul(qg, kv_k, fp32, b_trans=True)  # [KVH, G, KB], cube tiles of ST columns
                 s = pypto.view(s, [kvh, g, kb], [0, 0, 0], valid_shape=[kvh, g, valid])
-                pypto.set_vec_tile_shapes(1, qhb, st)
+                pypto.set_vec_tile_shapes(1, qhb, t.score_cols)
                 s = s * scale
                 m_blk = pypto.amax(s, -1, keepdim=True)
                 if pypto.is_loop_begin(blk):  # first block assigns the running state

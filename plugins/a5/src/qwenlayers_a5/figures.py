@@ -67,4 +67,7 @@ ANCHORS = TilingPlan.per_phase(
     # pypto task merging (docs/decode.md "Task merging"): same-shape cube tasks in pairs, a merged
     # task's GM->L1 copies capped at 2 MiB (qwen3-8b decode 16 x 4096, a2a3sim: 1,147 -> 969 us)
     cube_merge=2, merge_copy_kb=2048,
+    # decode softmax reads the scores in [Q_HEAD_BATCH, 128] fp32 tiles (2 KB), two cube tiles
+    # per copy (qwen3-32b 16 x 4096, a2a3sim: 1,483 -> 1,462 us, compile 389 -> 315 s)
+    score_cols=128,
 )

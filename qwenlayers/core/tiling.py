@@ -110,6 +110,11 @@ class TilingPlan:
     def origin_of(self, name: str) -> str:
         return dict(self.origin).get(name, self.source)
 
+    def refittable(self, name: str) -> bool:
+        """Whether ``name`` is a plugin default the plan may fit to a call (KV_BLOCK to the
+        longest sequence, SCORE_COLS to KV_BLOCK): a user or tuned value is kept as given."""
+        return self.origin_of(name) not in ("user", "tuned")
+
     def with_overrides(self, overrides: Mapping[str, int], source: str = "user") -> "TilingPlan":
         """A copy with some values replaced; unknown keys are an error listing the known ones."""
         if not overrides:
@@ -224,7 +229,7 @@ def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int,
 def _largest_fitting(name: str, plan: TilingPlan, config: Qwen3Config, platform: Platform) -> int:
     """The largest value of ``name`` (a power of two) that passes every check, for the hint."""
     value = getattr(plan, name)
-    follows = name == "seq_tile" and plan.origin_of("score_cols") not in ("user", "tuned")
+    follows = name == "seq_tile" and plan.refittable("score_cols")
     while value > 1:
         value //= 2
         candidate = replace(plan, **{name: value})
@@ -307,12 +312,11 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
                 fits = all(c.ok for c in own) and (name != "seq_tile" or value <= config.max_seq)
                 if name == "kv_block":  # whole seq_tile tiles, no longer than the cache
                     fits = value % plan.seq_tile == 0 and value <= max(config.max_seq, plan.seq_tile)
-                if name == "score_cols":  # whole seq_tile tiles inside one kv_block
-                    fits = fits and value % plan.seq_tile == 0 and plan.kv_block % value == 0
             if fits or value == 1:
                 break
             value //= 2
         plan = replace(plan, **{name: value})
+    plan = fit_score_cols(plan)  # whole seq_tile tiles inside one kv_block
     check_plan(plan, config, platform)
     return plan
 
@@ -325,8 +329,8 @@ def fit_kv_block(plan: TilingPlan, lens: list[int]) -> TilingPlan:
     compiled 23 s; KV_BLOCK 128, 167 us and 4 s), so a block longer than every sequence of
     the call only costs. Applied to the plugin's value, never to a user or tuned one (nor
     below a user or tuned SCORE_COLS); the plugin's SCORE_COLS then follows it."""
-    if plan.phase == "decode" and lens and plan.origin_of("kv_block") not in ("user", "tuned"):
-        fixed_cols = plan.score_cols if plan.origin_of("score_cols") in ("user", "tuned") else 1
+    if plan.phase == "decode" and lens and plan.refittable("kv_block"):
+        fixed_cols = 1 if plan.refittable("score_cols") else plan.score_cols
         kb, floor = plan.kv_block, max(max(lens), plan.seq_tile, fixed_cols)
         while kb // 2 >= floor and (kb // 2) % plan.seq_tile == 0:
             kb //= 2
@@ -339,7 +343,7 @@ def fit_score_cols(plan: TilingPlan) -> TilingPlan:
     """The plugin's SCORE_COLS fitted to the plan's SEQ_TILE and KV_BLOCK: the largest multiple
     of SEQ_TILE up to it that divides KV_BLOCK (a user's KV_BLOCK=64 takes it from 128 to 64).
     A user or tuned value is left as it is, for :func:`check_plan` to judge."""
-    if plan.origin_of("score_cols") in ("user", "tuned"):
+    if not plan.refittable("score_cols"):
         return plan
     st, cols = plan.seq_tile, plan.score_cols
     fitted = next((c for c in range(cols - cols % st, 0, -st) if plan.kv_block % c == 0), st)

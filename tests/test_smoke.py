@@ -31,13 +31,17 @@ def test_rmsnorm_smoke_runs_on_the_platforms_own_arch(runnable_platform):
 
 
 def test_kernel_output_is_not_the_input_and_inputs_survive(runnable_platform):
-    x = torch.randn(16, 256).bfloat16()
+    gen = torch.Generator().manual_seed(387)
+    x = torch.randn(16, 256, generator=gen).bfloat16()
     g = torch.ones(256).bfloat16()
     x0 = x.clone()
     res = run_job(runnable_platform, "rmsnorm", {"x": x, "g": g, "eps": 1e-6, "vec_tile": (16, 32)})
     assert torch.equal(x, x0)
     assert not torch.equal(res.outputs["out"], torch.zeros_like(x))
-    assert torch.equal(res.outputs["out"], qwenlayers.golden.rms_norm(x, g, 1e-6))
+    # The kernel sums x^2 in 32-column tiles, torch in one pass: the fp32 sums can differ in the
+    # last bit, and in about 1 random draw in 170 that moves an element across a bf16 rounding
+    # boundary (this seed is one: 2 of 4096 elements). So the bar is one bf16 step, not bit equality.
+    torch.testing.assert_close(res.outputs["out"], qwenlayers.golden.rms_norm(x, g, 1e-6), atol=0, rtol=2**-7)
 
 
 def test_worker_failure_is_a_kernel_error_with_log_tail(runnable_platform):

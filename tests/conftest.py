@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from qwenlayers.core.platform import Platform
 from qwenlayers.registry import DEFAULT_PLATFORM, get_registry
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch() -> None:
+    """Every test draws its unseeded tensors from the same stream, so a failure reproduces."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

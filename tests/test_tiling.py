@@ -34,6 +34,7 @@ def test_32b_anchor_is_reference_000():
                           "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
                           "kv_block": 4096,  # decode attention rows per loop iteration (docs/decode.md)
                           "score_cols": 128,  # decode softmax tile columns (docs/decode.md)
+                          "qk_cols": 512,  # decode Q@K^T rows per cube step (docs/decode.md)
                           "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
 
 
@@ -133,3 +134,18 @@ def test_score_cols_are_whole_seq_tiles_inside_one_kv_block():
         plan("qwen3-32b", "decode", platform="a5sim", overrides={"score_cols": 256})
     # a user SCORE_COLS keeps the fitted KV_BLOCK from going below it
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"score_cols": 128}).kv_block == 128
+
+
+def test_qk_cols_copy_whole_seq_tiles_and_split_head_dim_to_keep_the_l0_tile():
+    p = plan("qwen3-32b", "decode", platform="a2a3sim")
+    assert p.qk_cols == 512 and p.qk_k_l0(128) == 16  # L0 K tile [512, 16] = the [64, 128] kv block's bytes
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=200).qk_cols == 256  # follows KV_BLOCK down
+    assert plan("tiny-gqa8", "decode", platform="a5sim").qk_k_l0(32) >= 16  # head_dim 32: at most 2 splits of 16
+    with pytest.raises(TilingError, match="qk_cols=192 is not a multiple of seq_tile=64 by a power of two"):
+        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 192})
+    with pytest.raises(TilingError, match="qk_cols=512 does not divide kv_block=256"):
+        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 512, "kv_block": 256})
+    with pytest.raises(TilingError, match="'Q@K\\^T K tile' \\[1024 x 8\\] bf16 = 16384 B has rows of 16 B"):
+        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 1024})
+    # a user QK_COLS keeps the fitted KV_BLOCK from going below it
+    assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"qk_cols": 128}).kv_block == 128

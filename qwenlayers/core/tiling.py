@@ -30,6 +30,8 @@ TILE_FIELDS: dict[str, str] = {
     "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
     "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
     "score_cols": "decode: attention-score columns per softmax vector tile (a multiple of seq_tile dividing kv_block)",
+    "qk_cols": "decode: KV-cache rows per Q@K^T cube step, copied into L1 at once (seq_tile x 2^j dividing kv_block; "
+               "head_dim splits so the L0 K tile keeps seq_tile x head_dim elements)",
     "cube_m": "activation rows per cube (L0A) tile",
     "k_l1": "reduction columns staged in L1 per cube step (a multiple of every L0 k tile)",
     "cube_merge": "same-shape cube tasks merged into one task (fewer, longer tasks: each pays the scheduler's per-task cost once)",
@@ -58,6 +60,7 @@ class TilingPlan:
     k_l1: int = 1024
     kv_block: int = 0  # 0: one SEQ_TILE per iteration (plans written before the field existed)
     score_cols: int = 0  # 0: SEQ_TILE columns (plans written before the field existed)
+    qk_cols: int = 0  # 0: SEQ_TILE rows (plans written before the field existed)
     cube_merge: int = PYPTO_CUBE_MERGE
     merge_copy_kb: int = PYPTO_MERGE_COPY_KB
     source: str = "default"
@@ -68,8 +71,9 @@ class TilingPlan:
             raise TilingError(f"TilingPlan.phase={self.phase!r}; allowed: {', '.join(PHASES)}")
         if self.kv_block == 0:
             object.__setattr__(self, "kv_block", self.seq_tile)
-        if self.score_cols == 0:
-            object.__setattr__(self, "score_cols", self.seq_tile)
+        for name in ("score_cols", "qk_cols"):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, self.seq_tile)
         for name in TILE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -92,6 +96,16 @@ class TilingPlan:
         in whole SEQ_TILE L0 tiles (at least one)."""
         return max(self.seq_tile, min(self.k_l1, self.kv_block) // self.seq_tile * self.seq_tile)
 
+    def qk_k_l0(self, head_dim: int) -> int:
+        """Decode Q @ K^T reduction (head_dim) columns per L0 step: the L0 K tile [QK_COLS, this]
+        holds as many elements as a [SEQ_TILE, head_dim] tile, so it stays within the TILE
+        budget while one GM->L1 copy brings QK_COLS cache rows. pypto 0.2.0 copies a matmul's
+        B operand into L1 in n tiles of the L0 size (a larger nL1 changes nothing), and its
+        cost model charges every copy ~1,300 cycles before its bytes: 16 KB K tiles were 3x
+        the cost per byte of the 256 KB V copies (qwen3-32b 16 x 4096: QK_COLS 64 -> 512 took
+        the step 1,462 -> 1,228 us on one sim)."""
+        return head_dim * self.seq_tile // self.qk_cols
+
     def pass_options(self) -> dict[str, object]:
         """The plan's task-merging fields as pypto pass options.
 
@@ -112,7 +126,7 @@ class TilingPlan:
 
     def refittable(self, name: str) -> bool:
         """Whether ``name`` is a plugin default the plan may fit to a call (KV_BLOCK to the
-        longest sequence, SCORE_COLS to KV_BLOCK): a user or tuned value is kept as given."""
+        longest sequence, SCORE_COLS and QK_COLS to KV_BLOCK): a user or tuned value is kept as given."""
         return self.origin_of(name) not in ("user", "tuned")
 
     def with_overrides(self, overrides: Mapping[str, int], source: str = "user") -> "TilingPlan":
@@ -188,12 +202,15 @@ def plan_tiles(plan: TilingPlan, config: Qwen3Config) -> list[Tile]:
         Tile("kv block", (p.seq_tile, d), BF16, "cube", "l0b", "seq_tile"),
         # decode attention: all G query heads of a KV group are one cube m tile, so each K/V
         # tile is fetched once per group (Q_HEAD_BATCH sets only the vector tiles' rows)
-        Tile("attn scores (cube)", (config.group_size, p.seq_tile), FP32, "cube", "l0c", "seq_tile"),
+        Tile("attn scores (cube)", (config.group_size, p.qk_cols), FP32, "cube", "l0c", "qk_cols"),
+        Tile("Q@K^T K tile", (p.qk_cols, p.qk_k_l0(d)), BF16, "cube", "l0b", "qk_cols"),
         Tile("activation chunk", (p.cube_m, p.k_chunk), BF16, "cube", "l0a", "cube_m"),
         Tile("L1 staging", (p.cube_m + max(p.q_out_chunk, p.kv_out_chunk, p.mlp_out_chunk, p.k_chunk), p.k_l1), BF16,
              "staging", "l1", "k_l1"),
         # decode P @ V: PV_K_L1 cache rows of V and the probabilities (padded to 16 rows) per cube step
         Tile("P@V L1 staging", (d + 16, p.pv_k_l1), BF16, "staging", "l1", "k_l1"),
+        # decode Q @ K^T: QK_COLS cache rows of K and the group's queries (padded to 16 rows)
+        Tile("Q@K^T L1 staging", (p.qk_cols + 16, d), BF16, "staging", "l1", "qk_cols"),
     ]
 
 
@@ -229,12 +246,12 @@ def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int,
 def _largest_fitting(name: str, plan: TilingPlan, config: Qwen3Config, platform: Platform) -> int:
     """The largest value of ``name`` (a power of two) that passes every check, for the hint."""
     value = getattr(plan, name)
-    follows = name == "seq_tile" and plan.refittable("score_cols")
     while value > 1:
         value //= 2
-        candidate = replace(plan, **{name: value})
-        if follows:  # the plugin's SCORE_COLS can always come down to one SEQ_TILE
-            candidate = replace(candidate, score_cols=value)
+        # the plugin's SCORE_COLS and QK_COLS can always come down to one SEQ_TILE
+        follow = {n: value if name == "seq_tile" else plan.seq_tile
+                  for n in ("score_cols", "qk_cols") if n != name and plan.refittable(n)}
+        candidate = replace(plan, **{name: value}, **follow)
         try:
             check_plan(candidate, config, platform, _hint=False)
             return value
@@ -254,6 +271,10 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
     for name, value, dim, dim_name in _divisibility(plan, config):
         if dim % value:
             raise TilingError(f"{name}={value} does not divide {dim_name}={dim} {where} {src(name)}; use a divisor of {dim}")
+    steps = plan.qk_cols // plan.seq_tile
+    if plan.qk_cols % plan.seq_tile or steps & (steps - 1) or config.head_dim % steps:
+        raise TilingError(f"qk_cols={plan.qk_cols} is not a multiple of seq_tile={plan.seq_tile} by a power of two that divides "
+                          f"head_dim={config.head_dim} {where} {src('qk_cols')}; the L0 K tile splits head_dim by qk_cols/seq_tile")
     align = platform.budgets.align_bytes
     for t in plan_tiles(plan, config):
         row = t.shape[1] * t.dtype_bytes
@@ -294,6 +315,9 @@ def check_plan(plan: TilingPlan, config: Qwen3Config, platform: Platform, *, _hi
     if plan.kv_block % plan.score_cols:
         raise TilingError(f"score_cols={plan.score_cols} does not divide kv_block={plan.kv_block} {where} {src('score_cols')}; "
                           "use a divisor of kv_block that is a multiple of seq_tile")
+    if plan.kv_block % plan.qk_cols:
+        raise TilingError(f"qk_cols={plan.qk_cols} does not divide kv_block={plan.kv_block} {where} {src('qk_cols')}; "
+                          "use seq_tile x a power of two that divides kv_block")
 
 
 def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, phase: Phase) -> TilingPlan:
@@ -316,38 +340,54 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
                 break
             value //= 2
         plan = replace(plan, **{name: value})
-    plan = fit_score_cols(plan)  # whole seq_tile tiles inside one kv_block
+    plan = fit_block_cols(plan, config.head_dim)  # whole seq_tile tiles inside one kv_block
     check_plan(plan, config, platform)
     return plan
 
 
-def fit_kv_block(plan: TilingPlan, lens: list[int]) -> TilingPlan:
+def fit_kv_block(plan: TilingPlan, lens: list[int], head_dim: int) -> TilingPlan:
     """A decode plan's KV_BLOCK halved while one iteration still covers the longest sequence.
 
     The cost of an attention iteration follows its block size, not the rows ``valid_shape``
     keeps (measured: qwen3-0.6b, one sequence of 128, KV_BLOCK 4096 simulated 356 us and
     compiled 23 s; KV_BLOCK 128, 167 us and 4 s), so a block longer than every sequence of
     the call only costs. Applied to the plugin's value, never to a user or tuned one (nor
-    below a user or tuned SCORE_COLS); the plugin's SCORE_COLS then follows it."""
+    below a user or tuned SCORE_COLS or QK_COLS); the plugin's SCORE_COLS and QK_COLS then follow it."""
     if plan.phase == "decode" and lens and plan.refittable("kv_block"):
-        fixed_cols = 1 if plan.refittable("score_cols") else plan.score_cols
+        fixed_cols = max([1] + [getattr(plan, n) for n in ("score_cols", "qk_cols") if not plan.refittable(n)])
         kb, floor = plan.kv_block, max(max(lens), plan.seq_tile, fixed_cols)
         while kb // 2 >= floor and (kb // 2) % plan.seq_tile == 0:
             kb //= 2
         if kb != plan.kv_block:
             plan = replace(plan, kv_block=kb)
-    return fit_score_cols(plan)
+    return fit_block_cols(plan, head_dim)
 
 
-def fit_score_cols(plan: TilingPlan) -> TilingPlan:
-    """The plugin's SCORE_COLS fitted to the plan's SEQ_TILE and KV_BLOCK: the largest multiple
-    of SEQ_TILE up to it that divides KV_BLOCK (a user's KV_BLOCK=64 takes it from 128 to 64).
-    A user or tuned value is left as it is, for :func:`check_plan` to judge."""
-    if not plan.refittable("score_cols"):
-        return plan
-    st, cols = plan.seq_tile, plan.score_cols
-    fitted = next((c for c in range(cols - cols % st, 0, -st) if plan.kv_block % c == 0), st)
-    return plan if fitted == cols else replace(plan, score_cols=fitted)
+#: The smallest L0 k tile :meth:`TilingPlan.qk_k_l0` is fitted to: one 32-byte row of bf16,
+#: the alignment pypto asks of kL0 (a platform with a wider alignment is still checked by check_plan).
+MIN_K_L0 = 16
+
+
+def fit_block_cols(plan: TilingPlan, head_dim: int) -> TilingPlan:
+    """The plugin's SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE and KV_BLOCK.
+
+    SCORE_COLS: the largest multiple of SEQ_TILE up to it that divides KV_BLOCK (a user's
+    KV_BLOCK=64 takes it from 128 to 64). QK_COLS: the largest SEQ_TILE x 2^j up to it that
+    divides KV_BLOCK and leaves an L0 k tile of at least MIN_K_L0 head_dim columns. A user or
+    tuned value is left as it is, for :func:`check_plan` to judge."""
+    st, kb = plan.seq_tile, plan.kv_block
+    if plan.refittable("score_cols"):
+        cols = plan.score_cols
+        fitted = next((c for c in range(cols - cols % st, 0, -st) if kb % c == 0), st)
+        if fitted != cols:
+            plan = replace(plan, score_cols=fitted)
+    if plan.refittable("qk_cols"):
+        ladder = [st << j for j in range(32) if st << j <= max(plan.qk_cols, st)]
+        fitted = next((c for c in reversed(ladder)
+                       if kb % c == 0 and (head_dim * st) % c == 0 and head_dim * st // c >= MIN_K_L0), st)
+        if fitted != plan.qk_cols:
+            plan = replace(plan, qk_cols=fitted)
+    return plan
 
 
 def plan_fields() -> list[str]:

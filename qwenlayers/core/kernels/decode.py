@@ -97,6 +97,7 @@ class LayerTiles:
         self.kv_block = p.kv_block
         self.score_cols = p.score_cols  # decode softmax vector tile columns (SEQ_TILE-wide cube tiles)
         self.pv_k_l1 = p.pv_k_l1  # P @ V stages this many of the KV_BLOCK rows in L1, as the projections stage K
+        self.qk_cols, self.qk_k_l0 = p.qk_cols, p.qk_k_l0(config.head_dim)  # Q @ K^T: L1 rows, L0 head_dim split
         self.q_head_batch = p.q_head_batch
         self.pass_options = p.pass_options()
 
@@ -175,7 +176,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
     b_rows, kvh, g, d = shape.batch, cfg.num_key_value_heads, cfg.group_size, cfg.head_dim
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
-    pv_l1 = t.pv_k_l1
+    pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
 
     @pypto.frontend.function
@@ -214,8 +215,9 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
                 # taken in an outer body is materialised as a copy (spike: 5.6x more tasks)
                 kv_k = pypto.view(k_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
                 kv_v = pypto.view(v_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
-                pypto.set_cube_tile_shapes([g, g], [d, d], [st, st])
-                s = pypto.matmul(qg, kv_k, fp32, b_trans=True)  # [KVH, G, KB], cube tiles of ST columns
+                # QK_COLS cache rows per cube step in one copy, head_dim split to keep the L0 tile
+                pypto.set_cube_tile_shapes([g, g], [qk_k0, d], [qk, qk])
+                s = pypto.matmul(qg, kv_k, fp32, b_trans=True)  # [KVH, G, KB], cube tiles of QK_COLS columns
                 s = pypto.view(s, [kvh, g, kb], [0, 0, 0], valid_shape=[kvh, g, valid])
                 pypto.set_vec_tile_shapes(1, qhb, t.score_cols)
                 s = s * scale

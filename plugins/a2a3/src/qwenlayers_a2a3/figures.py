@@ -42,4 +42,7 @@ ANCHORS = TilingPlan.per_phase(
     # decode softmax reads the scores in [Q_HEAD_BATCH, 128] fp32 tiles (2 KB), two cube tiles
     # per copy (qwen3-32b 16 x 4096, a2a3sim: 1,483 -> 1,462 us, compile 389 -> 315 s)
     score_cols=128,
+    # decode Q @ K^T copies 512 cache rows of K per cube step (L0 tiles [512, 16]) instead of
+    # one 16 KB [64, 128] tile per copy (qwen3-32b 16 x 4096, a2a3sim: 1,462 -> 1,228 us)
+    qk_cols=512,
 )

@@ -149,3 +149,12 @@ def test_qk_cols_copy_whole_seq_tiles_and_split_head_dim_to_keep_the_l0_tile():
         plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 1024})
     # a user QK_COLS keeps the fitted KV_BLOCK from going below it
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"qk_cols": 128}).kv_block == 128
+
+
+def test_prefill_attention_rows_are_token_head_pairs_not_one_kv_group():
+    # decode's vector tiles hold heads of one KV group (G = 2 at 0.6B); prefill's hold (token, head)
+    # rows of a query tile, so its plan keeps the anchor's 4
+    assert plan("qwen3-0.6b", "decode", platform="a5sim").q_head_batch == 2
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim").q_head_batch == 4
+    with pytest.raises(TilingError, match="q_head_batch=3 does not divide seq_tile x query heads per KV group=128"):
+        plan("qwen3-0.6b", "prefill", platform="a5sim", overrides={"q_head_batch": 3})

@@ -26,7 +26,7 @@ TILE_FIELDS: dict[str, str] = {
     "q_out_chunk": "query-projection output columns per step",
     "kv_out_chunk": "key/value-projection output columns per step",
     "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
-    "q_head_batch": "query heads of one KV group per attention tile",
+    "q_head_batch": "decode: query heads of one KV group per attention vector tile; prefill: (token, query head) rows of one",
     "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
     "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
     "score_cols": "decode: attention-score columns per softmax vector tile (a multiple of seq_tile dividing kv_block)",
@@ -239,7 +239,10 @@ def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int,
         ("q_out_chunk", plan.q_out_chunk, config.q_width, "heads x head_dim"),
         ("kv_out_chunk", plan.kv_out_chunk, config.kv_width, "kv_heads x head_dim"),
         ("mlp_out_chunk", plan.mlp_out_chunk, config.intermediate_size, "intermediate_size"),
-        ("q_head_batch", plan.q_head_batch, config.group_size, "query heads per KV group"),
+        # decode's vector tiles hold heads of one KV group; prefill's hold (token, head) rows of
+        # a query tile, so a prefill plan keeps Q_HEAD_BATCH at the anchor when G is small
+        ("q_head_batch", plan.q_head_batch, config.group_size, "query heads per KV group") if plan.phase == "decode" else
+        ("q_head_batch", plan.q_head_batch, plan.seq_tile * config.group_size, "seq_tile x query heads per KV group"),
     ]
 
 

@@ -28,7 +28,7 @@ def test_default_plans_fit_every_platform(model, phase):
 
 
 def test_32b_anchor_is_reference_000():
-    p = plan("qwen3-32b", "prefill", platform="a5sim")
+    p = plan("qwen3-32b", "decode", platform="a5sim")
     assert p.values() == {"tok_tile": 4, "k_chunk": 128, "q_out_chunk": 64, "kv_out_chunk": 64,
                           "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64,  # reference 000's table
                           "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
@@ -36,6 +36,8 @@ def test_32b_anchor_is_reference_000():
                           "score_cols": 128,  # decode softmax tile columns (docs/decode.md)
                           "qk_cols": 512,  # decode Q@K^T rows per cube step (docs/decode.md)
                           "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
+    # prefill differs in one value: 64-token projection tiles (docs/prefill.md)
+    assert plan("qwen3-32b", "prefill", platform="a5sim").values() == {**p.values(), "cube_m": 64}
 
 
 def test_kv_block_is_whole_seq_tiles_and_fits_the_cache():

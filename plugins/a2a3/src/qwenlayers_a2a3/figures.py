@@ -5,6 +5,8 @@ Also used by qwenlayers-a2a3sim, which simulates this same target on the CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from qwenlayers import Budgets, Buffers, Cores, Figure, Platform, TilingPlan
 from qwenlayers.runtime.probes import npu_probe
 
@@ -46,3 +48,7 @@ ANCHORS = TilingPlan.per_phase(
     # one 16 KB [64, 128] tile per copy (qwen3-32b 16 x 4096, a2a3sim: 1,462 -> 1,228 us)
     qk_cols=512,
 )
+# prefill projects 64-token tiles (L0A [64, 128] bf16 = 16 KB): the weights are read once per
+# tile, so 16-token tiles capped a long prefill's cube use (docs/prefill.md; qwen3-0.6b, 128
+# tokens, a2a3sim: 1,300 -> 949 us). Decode's m tile is the batch (at most 16 rows here).
+ANCHORS["prefill"] = replace(ANCHORS["prefill"], cube_m=64)

@@ -125,15 +125,22 @@ def test_task_merging_fields_are_plan_values_handed_to_pypto_as_pass_options():
         plan("tiny", "decode", platform="a5sim", overrides={"cube_merge": 0})
 
 
+@pytest.mark.parametrize(("model", "overrides", "message"), [
+    ("tiny", {"score_cols": 96}, "score_cols=96 is not a multiple of seq_tile=64"),
+    ("tiny", {"score_cols": 128, "kv_block": 64}, "score_cols=128 does not divide kv_block=64"),
+    ("qwen3-32b", {"score_cols": 256}, "'softmax scores' \\[4 x 256\\] fp32 = 4096 B"),
+    ("qwen3-32b", {"qk_cols": 192}, "qk_cols=192 is not a multiple of seq_tile=64 by a power of two"),
+    ("qwen3-32b", {"qk_cols": 512, "kv_block": 256}, "qk_cols=512 does not divide kv_block=256"),
+    ("qwen3-32b", {"qk_cols": 1024}, "'Q@K\\^T K tile' \\[1024 x 8\\] bf16 = 16384 B has rows of 16 B"),
+])
+def test_attention_column_overrides_that_break_a_rule_say_which(model, overrides, message):
+    with pytest.raises(TilingError, match=message):
+        plan(model, "decode", platform="a5sim", overrides=overrides)
+
+
 def test_score_cols_are_whole_seq_tiles_inside_one_kv_block():
     assert plan("tiny", "decode", platform="a5sim").score_cols == 128
     assert plan("tiny", "decode", platform="a5sim", overrides={"kv_block": 64}).score_cols == 64  # the plugin's follows
-    with pytest.raises(TilingError, match="score_cols=96 is not a multiple of seq_tile=64"):
-        plan("tiny", "decode", platform="a5sim", overrides={"score_cols": 96})
-    with pytest.raises(TilingError, match="score_cols=128 does not divide kv_block=64"):
-        plan("tiny", "decode", platform="a5sim", overrides={"score_cols": 128, "kv_block": 64})
-    with pytest.raises(TilingError, match="'softmax scores' \\[4 x 256\\] fp32 = 4096 B"):
-        plan("qwen3-32b", "decode", platform="a5sim", overrides={"score_cols": 256})
     # a user SCORE_COLS keeps the fitted KV_BLOCK from going below it
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"score_cols": 128}).kv_block == 128
 
@@ -143,12 +150,6 @@ def test_qk_cols_copy_whole_seq_tiles_and_split_head_dim_to_keep_the_l0_tile():
     assert p.qk_cols == 512 and p.qk_k_l0(128) == 16  # L0 K tile [512, 16] = the [64, 128] kv block's bytes
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=200).qk_cols == 256  # follows KV_BLOCK down
     assert plan("tiny-gqa8", "decode", platform="a5sim").qk_k_l0(32) >= 16  # head_dim 32: at most 2 splits of 16
-    with pytest.raises(TilingError, match="qk_cols=192 is not a multiple of seq_tile=64 by a power of two"):
-        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 192})
-    with pytest.raises(TilingError, match="qk_cols=512 does not divide kv_block=256"):
-        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 512, "kv_block": 256})
-    with pytest.raises(TilingError, match="'Q@K\\^T K tile' \\[1024 x 8\\] bf16 = 16384 B has rows of 16 B"):
-        plan("qwen3-32b", "decode", platform="a5sim", overrides={"qk_cols": 1024})
     # a user QK_COLS keeps the fitted KV_BLOCK from going below it
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5, overrides={"qk_cols": 128}).kv_block == 128
 

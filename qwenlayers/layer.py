@@ -148,7 +148,7 @@ def resolve_plan(
         base = reg.tiling_defaults(target, cfg, phase)
         if lens:
             base = tuned_plan(target, cfg, phase, lens, base)
-        result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [], cfg.head_dim)
+        result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [], cfg, target)
     check_plan(result, cfg, target)
     return result
 

@@ -343,12 +343,12 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
                 break
             value //= 2
         plan = replace(plan, **{name: value})
-    plan = fit_block_cols(plan, config.head_dim)  # whole seq_tile tiles inside one kv_block
+    plan = fit_block_cols(plan, config, platform)  # whole seq_tile tiles inside one kv_block
     check_plan(plan, config, platform)
     return plan
 
 
-def fit_kv_block(plan: TilingPlan, lens: list[int], head_dim: int) -> TilingPlan:
+def fit_kv_block(plan: TilingPlan, lens: list[int], config: Qwen3Config, platform: Platform) -> TilingPlan:
     """A decode plan's KV_BLOCK halved while one iteration still covers the longest sequence.
 
     The cost of an attention iteration follows its block size, not the rows ``valid_shape``
@@ -363,22 +363,19 @@ def fit_kv_block(plan: TilingPlan, lens: list[int], head_dim: int) -> TilingPlan
             kb //= 2
         if kb != plan.kv_block:
             plan = replace(plan, kv_block=kb)
-    return fit_block_cols(plan, head_dim)
+    return fit_block_cols(plan, config, platform)
 
 
-#: The smallest L0 k tile :meth:`TilingPlan.qk_k_l0` is fitted to: one 32-byte row of bf16,
-#: the alignment pypto asks of kL0 (a platform with a wider alignment is still checked by check_plan).
-MIN_K_L0 = 16
-
-
-def fit_block_cols(plan: TilingPlan, head_dim: int) -> TilingPlan:
+def fit_block_cols(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> TilingPlan:
     """The plugin's SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE and KV_BLOCK.
 
     SCORE_COLS: the largest multiple of SEQ_TILE up to it that divides KV_BLOCK (a user's
     KV_BLOCK=64 takes it from 128 to 64). QK_COLS: the largest SEQ_TILE x 2^j up to it that
-    divides KV_BLOCK and leaves an L0 k tile of at least MIN_K_L0 head_dim columns. A user or
-    tuned value is left as it is, for :func:`check_plan` to judge."""
-    st, kb = plan.seq_tile, plan.kv_block
+    divides KV_BLOCK and splits head_dim into L0 k tiles whose bf16 rows keep the platform's
+    alignment (the rules :func:`check_plan` applies). A user or tuned value is left as it is,
+    for :func:`check_plan` to judge."""
+    st, kb, head_dim = plan.seq_tile, plan.kv_block, config.head_dim
+    min_k_l0 = platform.budgets.align_bytes // BF16
     if plan.refittable("score_cols"):
         cols = plan.score_cols
         fitted = next((c for c in range(cols - cols % st, 0, -st) if kb % c == 0), st)
@@ -387,7 +384,7 @@ def fit_block_cols(plan: TilingPlan, head_dim: int) -> TilingPlan:
     if plan.refittable("qk_cols"):
         ladder = [st << j for j in range(32) if st << j <= max(plan.qk_cols, st)]
         fitted = next((c for c in reversed(ladder)
-                       if kb % c == 0 and (head_dim * st) % c == 0 and head_dim * st // c >= MIN_K_L0), st)
+                       if kb % c == 0 and head_dim % (c // st) == 0 and head_dim // (c // st) >= min_k_l0), st)
         if fitted != plan.qk_cols:
             plan = replace(plan, qk_cols=fitted)
     return plan

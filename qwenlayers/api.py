@@ -29,14 +29,19 @@ def plan(
     registry: PlatformRegistry | None = None,
     batch: int | None = None,
     seq_len: int | None = None,
+    budgets: str | None = None,
 ) -> TilingPlan:
     """The tiling plan a call would use: the platform plugin's default, the tuned plan for the
     shape class of ``batch`` x ``seq_len`` when ``qwenlayers tune`` cached one, then user
-    overrides; validated against the platform's budgets."""
+    overrides; validated against the platform's budget set ``budgets`` (None: the plugin's own,
+    ``"pypto-lib"``: the reference's 2 KB / 16 KB rules, offered on every platform)."""
     from qwenlayers.layer import resolve_plan
 
     reg = _registry(registry)
-    target = platform if isinstance(platform, Platform) else reg.select(platform)
+    if isinstance(platform, Platform):
+        target = platform.with_budgets(budgets) if budgets else platform
+    else:
+        target = reg.select(platform, budgets=budgets)
     cfg = as_config(config)
     lens = [seq_len] * batch if batch and seq_len else None
     return resolve_plan(reg, target, cfg, phase, overrides or {}, lens)

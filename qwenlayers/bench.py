@@ -40,6 +40,12 @@ class BenchPoint:
     batch: int
     seq_len: int
     record: dict[str, Any]
+    budgets: str = ""  # the budget set the point ran under
+
+    @property
+    def label(self) -> str:
+        """The point's series: the platform, and the budget set when it is not the platform's own."""
+        return self.platform if self.record.get("default_budgets", True) else f"{self.platform} ({self.budgets})"
 
 
 def roofline(platform: Platform, work: Any) -> tuple[float, str]:
@@ -63,8 +69,12 @@ def run_bench(
     seed: int = 0,
     registry: PlatformRegistry | None = None,
     progress: Callable[[str], None] | None = None,
+    budgets: Sequence[str | None] = (None,),
 ) -> tuple[list[BenchPoint], Path]:
-    """Run every (platform, batch, seq_len) point; returns the points and the plot's path.
+    """Run every (platform, budget set, batch, seq_len) point; returns the points and the plot's path.
+
+    ``budgets`` lists the budget sets to run each platform under (None: the plugin's own; e.g.
+    ``[None, "pypto-lib"]`` shows both side by side).
 
     With ``baseline``, each point also runs the reference-schedule baseline of its phase
     (:mod:`qwenlayers.core.kernels.reference`) in the same process, cost model only, and records
@@ -81,24 +91,27 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     points: list[BenchPoint] = []
-    total = len(platforms) * len(batches) * len(seq_lens)
-    for name in platforms:
-        target = reg.select(name, require_available=True)
+    total = len(platforms) * len(budgets) * len(batches) * len(seq_lens)
+    targets = [reg.select(name, require_available=True, budgets=b) for name in platforms for b in budgets]
+    for target in targets:
         say(f"calibrating {target.name} (once per pypto version)")
         cal = calibrate(target, registry=reg)
         for batch in batches:
             for seq_len in seq_lens:
-                say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name}: batch {batch}, seq_len {seq_len}")
+                say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name} ({target.budgets.name} budgets): "
+                    f"batch {batch}, seq_len {seq_len}")
                 args = random_inputs(cfg, phase, [seq_len] * batch, seed=seed, max_seq=max(cfg.max_seq, seq_len))
                 run = decode if phase == "decode" else prefill
-                result = run(cfg, weights, **args, platform=target.name, check=check, values=check, keep=True, registry=reg)
+                result = run(cfg, weights, **args, platform=target.name, budgets=target.budgets.name, check=check, values=check,
+                             keep=True, registry=reg)
                 rep = result.report
-                trace = _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{phase}-b{batch}-l{seq_len}")
+                trace = _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}")
                 work = layer_work(cfg, phase, [seq_len] * batch)
                 roof_us, bound = roofline(target, work)
                 cal_us, cal_bound = cal.roofline_us(work)
                 record = {
                     "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": cfg.name, "phase": phase, "platform": target.name,
+                    "budgets": target.budgets.name, "default_budgets": target.budgets == target.default_budgets,
                     "batch": batch, "seq_len": seq_len, "sim_us": rep.sim_us, "total_cycles": rep.total_cycles,
                     "tasks": rep.tasks, "pipe_usage_pct": rep.pipe_usage_pct, "compile_s": rep.compile_s,
                     "simulate_s": rep.simulate_s, "peak_rss_mb": rep.peak_rss_mb, "flops": work.flops, "bytes": work.bytes,
@@ -114,23 +127,24 @@ def run_bench(
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance,
-                    "baseline": _baseline(phase, cfg, weights, args, target.name, reg, rep, say) if baseline else None,
+                    "baseline": _baseline(phase, cfg, weights, args, target, reg, rep, say) if baseline else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
-                points.append(BenchPoint(target.name, batch, seq_len, record))
+                points.append(BenchPoint(target.name, batch, seq_len, record, target.budgets.name))
     plot = plot_points(points, out_dir / f"{stamp}-{cfg.name}-{phase}.png", f"{cfg.name} {phase}")
     return points, plot
 
 
-def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], platform: str, reg: PlatformRegistry,
+def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Platform, reg: PlatformRegistry,
               ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """The reference-schedule baseline at the same point (cost model only) and our ratios to it."""
+    """The reference-schedule baseline at the same point and budget set (cost model only) and our ratios to it."""
     from qwenlayers.layer import decode, prefill
 
-    say(f"  reference-schedule baseline on {platform}")
+    say(f"  reference-schedule baseline on {target.name}")
     run = decode if phase == "decode" else prefill
-    ref = run(cfg, weights, **args, platform=platform, values=False, schedule="reference", registry=reg).report
+    ref = run(cfg, weights, **args, platform=target.name, budgets=target.budgets.name, values=False, schedule="reference",
+              registry=reg).report
     ours_tasks, ref_tasks = sum(ours.tasks.values()), sum(ref.tasks.values())
     return {
         "schedule": "reference", "sim_us": ref.sim_us, "tasks": ref.tasks, "compile_s": ref.compile_s,
@@ -160,8 +174,8 @@ def plot_points(points: Sequence[BenchPoint], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_f) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in sorted({p.platform for p in points}):
-        mine = sorted((p for p in points if p.platform == name), key=lambda p: (p.batch * p.seq_len, p.batch))
+    for name in sorted({p.label for p in points}):
+        mine = sorted((p for p in points if p.label == name), key=lambda p: (p.batch * p.seq_len, p.batch))
         xs = [f"{p.batch}x{p.seq_len}" for p in mine]
         line = ax_t.plot(xs, [p.record["sim_us"] for p in mine], marker="o", label=name)[0]
         refs = [(p.record.get("baseline") or {}).get("sim_us") for p in mine]

@@ -63,7 +63,9 @@ def _platform_rows(details: bool) -> list[dict[str, Any]]:
             a = p.available()
             row.update(
                 arch=p.arch, backend=p.backend, run_mode=p.run_mode,
-                tilelet_bytes=p.budgets.tilelet_bytes, tile_bytes=p.budgets.tile_bytes,
+                tilelet_bytes=p.budgets.tilelet_bytes, tile_bytes=p.budgets.tile_bytes, budgets=p.budgets.name,
+                budget_sets=[{"name": b.name, "tilelet_bytes": b.tilelet_bytes, "tile_bytes": b.tile_bytes, "source": b.source}
+                             for b in p.budget_sets],
                 buffers={"ub": p.buffers.ub, "l0a": p.buffers.l0a, "l0b": p.buffers.l0b, "l0c": p.buffers.l0c, "l1": p.buffers.l1},
                 cores={"cube": p.cores.cube, "vector": p.cores.vector},
                 hbm_bandwidth=str(p.hbm_bandwidth), bf16_peak=str(p.bf16_peak),
@@ -96,11 +98,11 @@ def platforms(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="qwenlayers platforms", show_lines=False)
-    for col in ("name", "distribution", "arch", "mode", "TILELET/TILE B", "UB/L0A/L0B/L0C/L1 KB", "usable"):
+    for col in ("name", "distribution", "arch", "mode", "budgets (TILELET/TILE B)", "UB/L0A/L0B/L0C/L1 KB", "usable"):
         table.add_column(col, overflow="fold")
     for r in rows:
         usable = "[green]yes[/]" if r.get("usable") else "[red]no[/]"
-        budgets = f"{r['tilelet_bytes']}/{r['tile_bytes']}" if "tilelet_bytes" in r else "-"
+        budgets = f"{r['budgets']} {r['tilelet_bytes']}/{r['tile_bytes']}" if "tilelet_bytes" in r else "-"
         buf = "/".join(str(v // 1024) for v in r["buffers"].values()) if "buffers" in r else "-"
         table.add_row(r["name"], f"{r['distribution']} {r['version']}", r.get("arch", "-"), r.get("run_mode", r["status"]),
                       budgets, buf, usable)
@@ -114,6 +116,8 @@ def platforms(
                 out.print(f"\n[bold]{r['name']}[/] hooks: {', '.join(r.get('hooks', []))}")
                 for k, v in (r.get("sources") or {}).items():
                     out.print(f"  {k}: {v}")
+                for b in r.get("budget_sets", []):
+                    out.print(f"  budget set [cyan]{b['name']}[/] (TILELET {b['tilelet_bytes']} B, TILE {b['tile_bytes']} B): {b['source']}")
                 for w in r.get("workarounds", []):
                     out.print(f"  workaround [cyan]{w['key']}[/]: {w['summary']}\n    why: {w['why']}\n    remove when: {w['remove_when']}")
 
@@ -124,6 +128,7 @@ def plan(
     phase: str = typer.Option(..., "--phase", help="decode or prefill."),
     platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, KEY=VALUE (repeatable), e.g. SEQ_TILE=128."),
+    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
     batch: int | None = typer.Option(None, "--batch", help="With --seq-len: show the tuned plan of this shape class, if any."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="With --batch: see --batch."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -142,18 +147,18 @@ def plan(
         if phase not in ("decode", "prefill"):
             raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
         cfg = Qwen3Config.from_hf(model) if Path(model).exists() else preset(model)
-        target = get_registry().select(platform)
+        target = get_registry().select(platform, budgets=budgets)
         result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile),  # type: ignore[arg-type]
                            batch=batch, seq_len=seq_len)
     except QwenlayersError as exc:
         _fail(exc)
     checks = tile_checks(result, cfg, target)
     if as_json:
-        print(json.dumps({"platform": target.name, "model": cfg.name, "plan": result.as_dict(), "tiles": [
+        print(json.dumps({"platform": target.name, "model": cfg.name, "budgets": target.budgets.name, "plan": result.as_dict(), "tiles": [
             {"name": c.tile.name, "shape": c.tile.shape, "bytes": c.tile.bytes, "kind": c.tile.kind,
              "budget": c.budget, "budget_name": c.budget_name, "ok": c.ok} for c in checks]}, indent=2))
         return
-    values = Table(title=f"{cfg.name} {phase} plan on {target.name}")
+    values = Table(title=f"{cfg.name} {phase} plan on {target.name}, budget set {target.budgets.describe()}")
     values.add_column("key")
     values.add_column("value", justify="right")
     values.add_column("from")
@@ -234,6 +239,7 @@ def _layer_table(title: str, report: Any) -> Table:
         "model / phase": f"{r['model']} {r['phase']}" + (" (reference-schedule baseline)" if r["schedule"] == "reference" else ""),
         "batch, seq_lens": f"{r['batch']}: {', '.join(map(str, r['seq_lens'][:8]))}{' …' if len(r['seq_lens']) > 8 else ''}",
         "plan": ", ".join(f"{k.upper()}={v}" for k, v in r["plan"].items() if k not in ("phase", "source", "origin")),
+        "budget set": r["budgets"],
         "workers (batch chunks)": f"{len(r['chunks'])}; timing from the {r['timing_from']}",
     }
     raw = {**r, "npuarch": r["arch"]}
@@ -274,6 +280,7 @@ def run(
     weights: str | None = typer.Option(None, "--weights", help="Hugging Face checkpoint folder (config.json + safetensors)."),
     layer: int = typer.Option(0, "--layer", help="Layer index to load with --weights."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, e.g. --tile SEQ_TILE=32 (repeatable)."),
+    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
     verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
     cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
@@ -307,7 +314,8 @@ def run(
         if tp != 1:
             if schedule != "fused":
                 raise InputError("--tp runs the fused schedule only")
-            _run_tp(cfg, w, phase, lens, tp, platform, overrides, check and not cost_model_only, not cost_model_only, seed, as_json)
+            _run_tp(cfg, w, phase, lens, tp, platform, overrides, check and not cost_model_only, not cost_model_only, seed, as_json,
+                    budgets)
             return
         with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
             def progress(msg: str) -> None:
@@ -316,8 +324,8 @@ def run(
             from qwenlayers.layer import decode, prefill, random_inputs
 
             run_layer = decode if phase == "decode" else prefill
-            result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, plan=overrides,
-                               check=check and not cost_model_only, keep=keep, values=not cost_model_only,
+            result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, budgets=budgets,
+                               plan=overrides, check=check and not cost_model_only, keep=keep, values=not cost_model_only,
                                verify_passes=verify_passes, schedule=schedule, progress=progress)
     except QwenlayersError as exc:
         _fail(exc)
@@ -332,7 +340,7 @@ def run(
 
 
 def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: str | None, overrides: dict[str, int],
-            check: bool, values: bool, seed: int, as_json: bool) -> None:
+            check: bool, values: bool, seed: int, as_json: bool, budgets: str | None = None) -> None:
     """``run --tp N``: spawn N ranks here, or be one rank of torchrun's (rank 0 prints)."""
     import os
 
@@ -342,8 +350,8 @@ def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: st
     launcher = "env" if {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ) else "spawn"
     with err.status(f"{cfg.name} {phase} over {tp} ranks …") as status:
         run_layer = decode_tp if phase == "decode" else prefill_tp
-        result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), tp=tp, platform=platform, plan=overrides,
-                           check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"))
+        result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), tp=tp, platform=platform, budgets=budgets,
+                           plan=overrides, check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"))
     if result is None:  # a torchrun rank other than 0
         return
     rep = result.report
@@ -393,6 +401,8 @@ def bench(
     batch: str = typer.Option("1", "--batch", "-b", help="Batch size(s), e.g. 1,4,16."),
     seq_len: str = typer.Option("64", "--seq-len", help="Sequence length(s), e.g. 128,1024,4096."),
     platform: list[str] = typer.Option([], "--platform", "-p", help="Target(s) (repeatable; default: the default platform)."),
+    budgets: list[str] = typer.Option([], "--budgets", help="Budget set(s) (repeatable): default (the plugin's own) and/or "
+                                      "pypto-lib; two give both side by side."),
     check: bool = typer.Option(False, "--check", help="Checked runs (values + golden) instead of cost-model runs."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline",
                                   help="Also run the reference-schedule baseline per point and show the ratios."),
@@ -411,6 +421,7 @@ def bench(
         batches, lens = _int_list(batch, "--batch"), _int_list(seq_len, "--seq-len")
         with err.status("bench …") as status:
             points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
+                                          budgets=budgets or [None],
                                           results=Path(results) if results else None,
                                           progress=lambda m: status.update(m + " …"))
     except QwenlayersError as exc:
@@ -428,7 +439,7 @@ def bench(
         ref = r.get("baseline") or {}
         ref_cells = ((f"{ref['sim_us']:.1f}", f"{ref['speedup']:.2f}x", f"{ref['task_ratio']:.2f}x")
                      if ref.get("speedup") else ("-", "-", "-"))
-        table.add_row(p.platform, f"{p.batch} x {p.seq_len}", f"{r['sim_us']:.1f}",
+        table.add_row(p.label, f"{p.batch} x {p.seq_len}", f"{r['sim_us']:.1f}",
                       "/".join(str(r["tasks"].get(k, 0)) for k in ("AIC", "AIV", "HUB")),
                       f"{pipes.get('Cube', 0):g}/{pipes.get('Vector', 0):g}/{pipes.get('MTE_IN', 0):g}",
                       f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:.1f}", f"{r['roofline_us']:.2f} ({r['roofline_bound']})",
@@ -450,6 +461,7 @@ def tune(
     seq_len: int = typer.Option(64, "--seq-len", help="Sequence length of the shape class to tune for."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds to search."),
     field: list[str] = typer.Option([], "--field", help="Only tune these plan fields (repeatable), e.g. --field SEQ_TILE."),
+    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
 ) -> None:
     """Search the tiling plans the platform budgets allow, with the cost model, and cache the
     fastest as the default for (platform, model, phase, shape class)."""
@@ -464,7 +476,7 @@ def tune(
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
             task = bar.add_task(f"tuning {model} {phase} (limit {time_limit:.0f} s) …", total=None)
             result = run_tune(phase, model, platform, batch=batch, seq_len=seq_len, time_limit_s=time_limit,
-                              fields=[f.lower() for f in field] or None,
+                              fields=[f.lower() for f in field] or None, budgets=budgets,
                               progress=lambda msg, n: bar.update(task, description=f"tuning {model} {phase}: {msg}"))
     except QwenlayersError as exc:
         _fail(exc)

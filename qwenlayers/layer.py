@@ -63,6 +63,7 @@ class LayerReport:
     within_tolerance: bool | None = None  # bf16 atol=rtol=1e-2 (qwenlayers.core.compare)
     outside_elementwise: int | None = None  # outputs outside the plain elementwise bar
     schedule: str = "fused"  # or "reference": the reference-schedule baseline
+    budgets: str = ""  # the budget set the plan was checked against (the plugin's own, or e.g. pypto-lib)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +91,7 @@ def _build_report(
         wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
         verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
-        run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule,
+        run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule, budgets=target.budgets.name,
     )
 
 
@@ -262,6 +263,7 @@ def decode(
     seq_lens: torch.Tensor,
     *,
     platform: str | None = None,
+    budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     keep: bool = False,
@@ -299,7 +301,7 @@ def decode(
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
     reg = registry or get_registry()
-    target = reg.select(platform, require_available=True)
+    target = reg.select(platform, require_available=True, budgets=budgets)
     max_seq = k_cache.shape[2]
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "decode", plan, lens)
@@ -385,6 +387,7 @@ def prefill(
     k_cache: torch.Tensor | None = None,
     v_cache: torch.Tensor | None = None,
     platform: str | None = None,
+    budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     keep: bool = False,
@@ -420,7 +423,7 @@ def prefill(
     lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
     reg = registry or get_registry()
-    target = reg.select(platform, require_available=True)
+    target = reg.select(platform, require_available=True, budgets=budgets)
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan, lens)
     st = the_plan.attention_block  # cache rows travel in whole attention iterations

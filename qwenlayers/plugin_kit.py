@@ -14,9 +14,51 @@ from typing import ClassVar
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.hookspecs import hookimpl
-from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.platform import PYPTO_LIB_BUDGETS, Budgets, Buffers, Phase, Platform
 from qwenlayers.core.tiling import TilingPlan, derive_plan
 from qwenlayers.core.workarounds import Workaround
+
+#: pypto-lib reference 000's Qwen3-32B plan (TOK_TILE=4, K_CHUNK=128, *_OUT_CHUNK=64,
+#: Q_HEAD_BATCH=4, SEQ_TILE=64) with this project's measured schedule fields, for the
+#: ``pypto-lib`` budget set every platform offers (2 KB / 16 KB). Other presets are derived
+#: from it by :func:`~qwenlayers.core.tiling.derive_plan`.
+REFERENCE_000_ANCHORS: dict[Phase, TilingPlan] = TilingPlan.per_phase(
+    source="reference 000", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64, q_head_batch=4,
+    seq_tile=64,
+    cube_m=16, k_l1=1024, kv_block=4096,  # decode: one attention iteration per 4096 cache rows (simulated 7x faster than 64 at 0.6B 16x4096)
+    # pypto task merging (docs/decode.md "Task merging"): same-shape cube tasks in pairs, a merged
+    # task's GM->L1 copies capped at 2 MiB (qwen3-8b decode 16 x 4096, a2a3sim: 1,147 -> 969 us)
+    cube_merge=2, merge_copy_kb=2048,
+    # decode softmax reads the scores in [Q_HEAD_BATCH, 128] fp32 tiles (2 KB), two cube tiles
+    # per copy (qwen3-32b 16 x 4096, a2a3sim: 1,483 -> 1,462 us, compile 389 -> 315 s)
+    score_cols=128,
+    # decode Q @ K^T copies 512 cache rows of K per cube step (L0 tiles [512, 16]) instead of
+    # one 16 KB [64, 128] tile per copy (qwen3-32b 16 x 4096, a2a3sim: 1,462 -> 1,228 us)
+    qk_cols=512,
+)
+# prefill projects 64-token tiles (L0A [64, 128] bf16 = 16 KB): the weights are read once per
+# tile, so 16-token tiles capped a long prefill's cube use (docs/prefill.md; qwen3-0.6b, 128
+# tokens, a2a3sim: 1,300 -> 949 us). Decode's m tile is the batch (at most 16 rows here).
+REFERENCE_000_ANCHORS["prefill"] = replace(REFERENCE_000_ANCHORS["prefill"], cube_m=64)
+
+
+def derived_budgets(name: str, buffers: Buffers, *, vector_slots: int = 7, cube_slots: int = 2, source: str = "") -> Budgets:
+    """A target's budget set derived from its buffers: the largest powers of two such that
+    ``vector_slots`` TILELET tiles fit in UB at once (a vector stage's inputs and output,
+    double-buffered, plus one tile of row statistics or broadcast operands: 7) and
+    ``cube_slots`` TILE operand tiles fit in each of L0A and L0B (double-buffered: 2).
+
+    The rule bounds what a tile may take; ``benchmarks/budget_sweep.py`` shows where the
+    gains of larger tiles stop on the target's cost model (docs/budgets.md)."""
+
+    def floor_pow2(n: int) -> int:
+        return 1 << (max(n, 1).bit_length() - 1)
+
+    tilelet = floor_pow2(buffers.ub // vector_slots)
+    tile = floor_pow2(min(buffers.l0a, buffers.l0b) // cube_slots)
+    return Budgets(tilelet_bytes=tilelet, tile_bytes=tile, name=name,
+                   source=f"{vector_slots} TILELET tiles in UB {buffers.ub} B, {cube_slots} TILE tiles in L0A/L0B "
+                          f"{min(buffers.l0a, buffers.l0b)} B" + (f"; {source}" if source else ""))
 
 
 class TargetPlugin:
@@ -24,7 +66,9 @@ class TargetPlugin:
 
     dist: ClassVar[str]  # distribution name, named in plan sources and errors
     platform: ClassVar[Platform]
-    anchors: ClassVar[Mapping[Phase, TilingPlan]]  # tuned plan per phase, fitted to each model
+    anchors: ClassVar[Mapping[Phase, TilingPlan]]  # plan per phase under the platform's own budgets, fitted to each model
+    #: Plans per phase under the ``pypto-lib`` budget set (the reference's rules).
+    pypto_lib_anchors: ClassVar[Mapping[Phase, TilingPlan]] = REFERENCE_000_ANCHORS
     workarounds: ClassVar[Sequence[Workaround]] = ()
     collective_backend: ClassVar[str | None] = None  # torch.distributed backend of TP runs ("gloo", "hccl")
 
@@ -36,9 +80,14 @@ class TargetPlugin:
     def qwenlayers_platform(self) -> Platform:
         return self.platform
 
+    def anchors_for(self, budgets: Budgets) -> Mapping[Phase, TilingPlan]:
+        """The anchor plans of a budget set: the reference's under ``pypto-lib``, the plugin's own
+        otherwise (a set without its own anchors gets them fitted down by ``derive_plan``)."""
+        return self.pypto_lib_anchors if budgets.name == PYPTO_LIB_BUDGETS.name else self.anchors
+
     @hookimpl
     def qwenlayers_tiling_defaults(self, platform: Platform, config: Qwen3Config, phase: Phase) -> TilingPlan:
-        anchor = replace(self.anchors[phase], source=f"plugin {self.dist}")
+        anchor = replace(self.anchors_for(platform.budgets)[phase], source=f"plugin {self.dist}")
         return derive_plan(anchor, config, platform, phase)
 
     @hookimpl

@@ -39,6 +39,7 @@ from qwenlayers.errors import (
 
 ENTRY_POINT_GROUP = "qwenlayers.platforms"
 ENV_PLATFORM = "QWENLAYERS_PLATFORM"
+ENV_BUDGETS = "QWENLAYERS_BUDGETS"
 ENV_DISABLE = "QWENLAYERS_DISABLE_PLUGINS"
 ENV_LOAD = "QWENLAYERS_LOAD_PLUGINS"
 DEFAULT_PLATFORM = "a5sim"
@@ -227,10 +228,11 @@ class PlatformRegistry:
         assert record.platform is not None
         return record.platform
 
-    def select(self, explicit: str | None = None, *, require_available: bool = False) -> Platform:
-        """Resolve the platform: explicit argument > $QWENLAYERS_PLATFORM > 'a5sim'."""
+    def select(self, explicit: str | None = None, *, require_available: bool = False, budgets: str | None = None) -> Platform:
+        """Resolve the platform: explicit argument > $QWENLAYERS_PLATFORM > 'a5sim', under the
+        budget set ``budgets`` (argument > $QWENLAYERS_BUDGETS > the plugin's own set)."""
         name = explicit or os.environ.get(ENV_PLATFORM) or DEFAULT_PLATFORM
-        platform = self.get(name.strip())
+        platform = self.get(name.strip()).with_budgets(budgets or os.environ.get(ENV_BUDGETS) or None)
         if require_available:
             availability = platform.available()
             if not availability.ok:

@@ -110,6 +110,7 @@ class _Job:
     timeout_s: float
     backend: str
     fault_rank: int | None = None  # tests: this rank raises before its first collective
+    budgets: str | None = None  # the budget set every rank selects (None: the plugin's own)
 
 
 def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -142,7 +143,7 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     from qwenlayers.runtime.worker import run_job
 
     reg = get_registry()
-    target = reg.select(job.platform, require_available=True)
+    target = reg.select(job.platform, require_available=True, budgets=job.budgets)
     cfg = shard_config(job.config, job.tp)
     packed, hidden = inputs["weights"], inputs["hidden"]
     if job.fault_rank == rank:
@@ -251,16 +252,16 @@ def _run(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.
 
 def _prepare(phase: Phase, config: Any, tp: int, platform: str | None, plan: TilingPlan | Mapping[str, int] | None,
              lens: list[int], max_seq: int, values: bool, timeout_s: float, fault_rank: int | None,
-             registry: PlatformRegistry | None) -> _Job:
+             registry: PlatformRegistry | None, budgets: str | None = None) -> _Job:
     from qwenlayers.layer import resolve_plan
 
     cfg = as_config(config).with_max_seq(max_seq)
     check_tp(cfg, tp)
     reg = registry or get_registry()
-    target = reg.select(platform, require_available=True)
+    target = reg.select(platform, require_available=True, budgets=budgets)
     backend = reg.collective_backend(target)
     the_plan = resolve_plan(reg, target, shard_config(cfg, tp), phase, plan, lens)  # the plugin sees the shard
-    return _Job(phase, target.name, cfg, tp, the_plan, lens, values, timeout_s, backend, fault_rank)
+    return _Job(phase, target.name, cfg, tp, the_plan, lens, values, timeout_s, backend, fault_rank, target.budgets.name)
 
 
 def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -309,6 +310,7 @@ def decode_tp(
     *,
     tp: int,
     platform: str | None = None,
+    budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     values: bool = True,
@@ -329,7 +331,7 @@ def decode_tp(
     cfg = as_config(config)
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
-    job = _prepare("decode", cfg, tp, platform, plan, lens, k_cache.shape[2], values, timeout_s, fault_rank, registry)
+    job = _prepare("decode", cfg, tp, platform, plan, lens, k_cache.shape[2], values, timeout_s, fault_rank, registry, budgets)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
     results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
@@ -353,6 +355,7 @@ def prefill_tp(
     k_cache: torch.Tensor | None = None,
     v_cache: torch.Tensor | None = None,
     platform: str | None = None,
+    budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     values: bool = True,
@@ -377,7 +380,7 @@ def prefill_tp(
     if k_cache is None or v_cache is None:
         shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
-    job = _prepare("prefill", cfg, tp, platform, plan, lens, max_seq, values, timeout_s, fault_rank, registry)
+    job = _prepare("prefill", cfg, tp, platform, plan, lens, max_seq, values, timeout_s, fault_rank, registry, budgets)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
     results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
@@ -407,6 +410,7 @@ def rank_cost(
     tp: int,
     rank: int = 0,
     platform: str | None = None,
+    budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     seed: int = 0,
     registry: PlatformRegistry | None = None,
@@ -418,7 +422,7 @@ def rank_cost(
 
     cfg = as_config(config)
     max_seq = max(cfg.max_seq, max(lens))
-    job = _prepare(phase, cfg, tp, platform, plan, lens, max_seq, False, DEFAULT_TIMEOUT_S, None, registry)
+    job = _prepare(phase, cfg, tp, platform, plan, lens, max_seq, False, DEFAULT_TIMEOUT_S, None, registry, budgets)
     w = LayerWeights.random(cfg, seed=seed)
     inputs = random_inputs(cfg, phase, lens, seed=seed, max_seq=max_seq)
     if phase == "decode":

@@ -46,8 +46,9 @@ def _store(platform: Platform) -> Path:
     return folder / f"pypto-{pypto_version() or 'none'}.json"
 
 
-def _key(config: Qwen3Config, phase: Phase, cls: str) -> str:
-    return f"{config.name}|{phase}|{cls}"
+def _key(config: Qwen3Config, phase: Phase, cls: str, platform: Platform) -> str:
+    """A tuned plan belongs to the budget set it was searched under, too."""
+    return f"{config.name}|{phase}|{cls}|{platform.budgets.name}"
 
 
 def tuned_plan(platform: Platform, config: Qwen3Config, phase: Phase, lens: list[int], base: TilingPlan) -> TilingPlan:
@@ -56,7 +57,7 @@ def tuned_plan(platform: Platform, config: Qwen3Config, phase: Phase, lens: list
     path = _store(platform)
     if not path.exists():
         return base
-    entry = json.loads(path.read_text()).get(_key(config, phase, shape_class(phase, lens)))
+    entry = json.loads(path.read_text()).get(_key(config, phase, shape_class(phase, lens), platform))
     if not entry:
         return base
     plan = base.with_overrides(entry["values"], source="tuned")
@@ -92,6 +93,7 @@ def tune(
     fields: list[str] | None = None,
     registry: Any = None,
     progress: Callable[[str, int], None] | None = None,
+    budgets: str | None = None,
 ) -> TuneResult:
     """Tune the plan for (platform, model, phase, class of batch x seq_len) within the time limit."""
     from qwenlayers.core.weights import LayerWeights
@@ -99,7 +101,7 @@ def tune(
     from qwenlayers.registry import get_registry
 
     reg = registry or get_registry()
-    target = reg.select(platform, require_available=True)
+    target = reg.select(platform, require_available=True, budgets=budgets)
     cfg = as_config(model)
     lens = [seq_len] * batch
     run_cfg = cfg if phase == "prefill" else cfg.with_max_seq(max(cfg.max_seq, seq_len))
@@ -113,7 +115,8 @@ def tune(
         key = plan.cache_key()
         if key not in measured:
             run = decode if phase == "decode" else prefill
-            result = run(run_cfg, weights, **args, platform=target.name, plan=plan, values=False, registry=reg)
+            result = run(run_cfg, weights, **args, platform=target.name, budgets=target.budgets.name, plan=plan, values=False,
+                         registry=reg)
             measured[key] = float(result.report.sim_us or float("inf"))
             tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks})
             say(f"{len(tried)} plans tried, best {min(measured.values()):.1f} µs", len(tried))
@@ -140,7 +143,7 @@ def tune(
                     best, best_us, improved = candidate, us, True
     changed = {k: v for k, v in best.values().items() if v != getattr(default, k)}
     tuned = default.with_overrides(changed, source="tuned")
-    key = _key(cfg, phase, shape_class(phase, lens))
+    key = _key(cfg, phase, shape_class(phase, lens), target)
     path = _store(target)
     with file_lock(path.parent / ".lock"):
         data = json.loads(path.read_text()) if path.exists() else {}

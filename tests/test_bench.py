@@ -53,9 +53,13 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
 @pytest.mark.sim
 def test_prefill_bench_records_the_reference_schedule_beside_ours(runnable_platform, tmp_path):
     res = runner.invoke(app, ["bench", "--phase", "prefill", "--model", "tiny", "--seq-len", "40", "--platform",
-                              runnable_platform.name, "--results", str(tmp_path), "--json"])
+                              runnable_platform.name, "--results", str(tmp_path), "--json",
+                              "--budgets", "default", "--budgets", "pypto-lib"])
     assert res.exit_code == 0, res.output
-    (r,) = json.loads(res.output)
+    r, lib = json.loads(res.output)  # both budget sets side by side, the platform's own first
+    assert r["budgets"] == runnable_platform.budgets.name and r["default_budgets"] is True
+    assert lib["budgets"] == "pypto-lib" and lib["default_budgets"] is False and lib["plan"]["cube_m"] == 64
+    assert lib["sim_us"] > 0 and lib["baseline"]["sim_us"] > 0
     assert r["phase"] == "prefill" and r["sim_us"] > 0 and 0 < r["roofline_fraction"] < 1
     base = r["baseline"]
     assert base["schedule"] == "reference" and base["sim_us"] > 0

@@ -13,7 +13,8 @@ def test_platforms_json_lists_all_four_with_reasons():
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.output)}
     assert rows["a5sim"]["arch"] == "DAV_3510" and rows["a2a3sim"]["arch"] == "DAV_2201"
-    assert rows["a5sim"]["distribution"] == "qwenlayers-a5sim" and rows["a5sim"]["tilelet_bytes"] == 2048
+    assert rows["a5sim"]["distribution"] == "qwenlayers-a5sim" and rows["a5sim"]["budgets"] == "a5" and rows["a5sim"]["tilelet_bytes"] == 32768
+    assert [b["name"] for b in rows["a2a3sim"]["budget_sets"]] == ["a2a3", "pypto-lib"]
     for name in ("a5", "a2a3"):
         assert rows[name]["run_mode"] == "npu"
         assert rows[name]["reason"]  # usable or not, it always says why
@@ -27,7 +28,9 @@ def test_platforms_table_and_details():
 def test_plan_table_and_override():
     res = runner.invoke(app, ["plan", "--model", "qwen3-32b", "--phase", "prefill", "--platform", "a2a3sim", "--tile", "SEQ_TILE=32"])
     assert res.exit_code == 0, res.output
-    assert "SEQ_TILE" in res.output and "user" in res.output and "TILE 16384" in res.output
+    assert "SEQ_TILE" in res.output and "user" in res.output and "TILE 32768" in res.output and "budget set a2a3" in res.output
+    res = runner.invoke(app, ["plan", "--model", "qwen3-32b", "--phase", "prefill", "--platform", "a2a3sim", "--budgets", "pypto-lib"])
+    assert res.exit_code == 0 and "budget set pypto-lib" in res.output and "TILE 16384" in res.output, res.output
 
 
 def test_exit_codes():

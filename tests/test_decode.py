@@ -232,7 +232,7 @@ def test_a_plan_over_budget_is_a_tiling_error_before_compiling():
     hidden, k_cache, v_cache, seq_lens = make_inputs(cfg, [3, 9])
     with pytest.raises(TilingError, match=r"kv block.*exceeds the TILE budget.*SEQ_TILE from user override"):
         qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens,
-                          platform="a5sim", plan={"SEQ_TILE": 256})
+                          platform="a5sim", plan={"SEQ_TILE": 512})
     prefill_plan = qwenlayers.plan(cfg, "prefill", platform="a5sim")
     with pytest.raises(TilingError, match="the plan given is a prefill plan; decode needs a decode plan"):
         qwenlayers.decode(cfg, qwenlayers.LayerWeights.random(cfg), hidden, k_cache, v_cache, seq_lens,

@@ -28,7 +28,7 @@ def test_default_plans_fit_every_platform(model, phase):
 
 
 def test_32b_anchor_is_reference_000():
-    p = plan("qwen3-32b", "decode", platform="a5sim")
+    p = plan("qwen3-32b", "decode", platform="a5sim", budgets="pypto-lib")
     assert p.values() == {"tok_tile": 4, "k_chunk": 128, "q_out_chunk": 64, "kv_out_chunk": 64,
                           "mlp_out_chunk": 64, "q_head_batch": 4, "seq_tile": 64,  # reference 000's table
                           "cube_m": 16, "k_l1": 1024,  # pypto cube staging (docs/decode.md)
@@ -37,13 +37,37 @@ def test_32b_anchor_is_reference_000():
                           "qk_cols": 512,  # decode Q@K^T rows per cube step (docs/decode.md)
                           "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
     # prefill differs in one value: 64-token projection tiles (docs/prefill.md)
-    assert plan("qwen3-32b", "prefill", platform="a5sim").values() == {**p.values(), "cube_m": 64}
+    assert plan("qwen3-32b", "prefill", platform="a5sim", budgets="pypto-lib").values() == {**p.values(), "cube_m": 64}
+    # under the target's own budgets decode keeps the same plan (the faster one measured at 32B, docs/budgets.md)
+    assert plan("qwen3-32b", "decode", platform="a5sim").values() == p.values()
+
+
+@pytest.mark.parametrize(("name", "tilelet", "tile", "tok_tile", "q_head_batch"), [("a5sim", 32768, 32768, 64, 64),
+                                                                                  ("a2a3sim", 16384, 32768, 32, 32)])
+def test_each_target_has_its_own_budgets_and_prefill_plan(name, tilelet, tile, tok_tile, q_head_batch):
+    p = get_registry().get(name)
+    assert (p.budgets.tilelet_bytes, p.budgets.tile_bytes) == (tilelet, tile) and p.budgets.source
+    assert [b.name for b in p.budget_sets] == [p.budgets.name, "pypto-lib"]
+    pre = plan("qwen3-32b", "prefill", platform=name)
+    assert (pre.tok_tile, pre.q_head_batch, pre.seq_tile, pre.cube_m) == (tok_tile, q_head_batch, 128, 128)
+    assert (pre.k_chunk, pre.q_out_chunk, pre.mlp_out_chunk) == (128, 128, 128)  # [128, 128] bf16 L0 tiles = 32 KB
+    assert all(c.ok for c in tile_checks(pre, preset("qwen3-32b"), p))
+    # the same plan is refused under the reference's rules, and the reference's plan is what pypto-lib gives
+    with pytest.raises(TilingError, match="exceeds the (TILE|TILELET) budget of (16384|2048) B"):
+        plan("qwen3-32b", "prefill", platform=name, budgets="pypto-lib", overrides=pre.values())
+    assert plan("qwen3-32b", "prefill", platform=name, budgets="pypto-lib").seq_tile == 64
+
+
+def test_an_unknown_budget_set_names_the_allowed_ones():
+    with pytest.raises(TilingError, match="offers no budget set 'nope'; allowed: default, a5, pypto-lib"):
+        plan("tiny", "decode", platform="a5sim", budgets="nope")
 
 
 def test_kv_block_is_whole_seq_tiles_and_fits_the_cache():
     p = plan("tiny", "decode", platform="a5sim")  # max_seq 256: the 4096 anchor is fitted down
     assert p.kv_block == 256 and p.attention_block == 256
-    assert plan("tiny", "prefill", platform="a5sim").attention_block == p.seq_tile  # prefill: query tile = key block
+    pre = plan("tiny", "prefill", platform="a5sim")
+    assert pre.attention_block == pre.seq_tile  # prefill: query tile = key block
     with pytest.raises(TilingError, match="kv_block=96 is not a multiple of seq_tile=64"):
         plan("tiny", "decode", platform="a5sim", overrides={"kv_block": 96})
     with pytest.raises(TilingError, match="kv_block=512 exceeds max_seq=256"):
@@ -52,7 +76,7 @@ def test_kv_block_is_whole_seq_tiles_and_fits_the_cache():
 
 def test_override_over_budget_names_tile_bytes_budget_and_origin():
     with pytest.raises(TilingError) as info:
-        plan("qwen3-32b", "decode", platform="a5sim", overrides={"seq_tile": 256})
+        plan("qwen3-32b", "decode", platform="a5sim", budgets="pypto-lib", overrides={"seq_tile": 256})
     msg = str(info.value)
     assert "'attn scores' [4 x 256] fp32 = 4096 B" in msg and "TILELET budget of 2048 B" in msg
     assert "SEQ_TILE from user override" in msg and "use SEQ_TILE <= 64" in msg
@@ -135,7 +159,7 @@ def test_task_merging_fields_are_plan_values_handed_to_pypto_as_pass_options():
 ])
 def test_attention_column_overrides_that_break_a_rule_say_which(model, overrides, message):
     with pytest.raises(TilingError, match=message):
-        plan(model, "decode", platform="a5sim", overrides=overrides)
+        plan(model, "decode", platform="a5sim", budgets="pypto-lib", overrides=overrides)
 
 
 def test_score_cols_are_whole_seq_tiles_inside_one_kv_block():
@@ -156,8 +180,9 @@ def test_qk_cols_copy_whole_seq_tiles_and_split_head_dim_to_keep_the_l0_tile():
 
 def test_prefill_attention_rows_are_token_head_pairs_not_one_kv_group():
     # decode's vector tiles hold heads of one KV group (G = 2 at 0.6B); prefill's hold (token, head)
-    # rows of a query tile, so its plan keeps the anchor's 4
+    # rows of a query tile, so its plan keeps the anchor's 4 (64 under the a5's own budgets)
     assert plan("qwen3-0.6b", "decode", platform="a5sim").q_head_batch == 2
-    assert plan("qwen3-0.6b", "prefill", platform="a5sim").q_head_batch == 4
-    with pytest.raises(TilingError, match="q_head_batch=3 does not divide seq_tile x query heads per KV group=128"):
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim", budgets="pypto-lib").q_head_batch == 4
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim").q_head_batch == 64
+    with pytest.raises(TilingError, match="q_head_batch=3 does not divide seq_tile x query heads per KV group=256"):
         plan("qwen3-0.6b", "prefill", platform="a5sim", overrides={"q_head_batch": 3})

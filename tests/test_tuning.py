@@ -26,7 +26,7 @@ def test_tune_caches_a_faster_plan_that_becomes_the_default_for_its_class(runnab
                               "--time-limit", "120", "--field", "SEQ_TILE"])
     assert res.exit_code == 0, res.output
     stored = json.loads(next(tmp_path.glob(f"{name}/pypto-*.json")).read_text())
-    entry = stored["tiny|decode|b2-l256"]
+    entry = stored[f"tiny|decode|b2-l256|{runnable_platform.budgets.name}"]  # tuned plans are per budget set
     assert entry["sim_us"] <= entry["default_us"]
     default = qwenlayers.plan("tiny", "decode", platform=name)
     same_class = qwenlayers.plan("tiny", "decode", platform=name, batch=2, seq_len=200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -328,7 +329,9 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
     it divides its dimension and all its tiles fit the platform budgets. Plugins call this so the
     per-preset defaults follow one rule instead of a hand-kept table."""
     plan = replace(anchor, phase=phase, source=anchor.source)
-    for name in TILE_FIELDS:
+    # two passes: a rule can tie a field to one fitted after it (prefill Q_HEAD_BATCH divides
+    # SEQ_TILE x G, and SEQ_TILE comes down to a small model's max_seq); values only come down
+    for name in [*TILE_FIELDS, *TILE_FIELDS]:
         value = getattr(plan, name)
         for _ in range(32):
             candidate = replace(plan, **{name: value})
@@ -367,7 +370,8 @@ def fit_kv_block(plan: TilingPlan, lens: list[int], config: Qwen3Config, platfor
 
 
 def fit_block_cols(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> TilingPlan:
-    """The plugin's SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE and KV_BLOCK.
+    """The plugin's SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE and KV_BLOCK (and a
+    prefill plan's Q_HEAD_BATCH to SEQ_TILE x G).
 
     SCORE_COLS: the largest multiple of SEQ_TILE up to it that divides KV_BLOCK (a user's
     KV_BLOCK=64 takes it from 128 to 64). QK_COLS: the largest SEQ_TILE x 2^j up to it that
@@ -376,6 +380,9 @@ def fit_block_cols(plan: TilingPlan, config: Qwen3Config, platform: Platform) ->
     for :func:`check_plan` to judge."""
     st, kb, head_dim = plan.seq_tile, plan.kv_block, config.head_dim
     min_k_l0 = platform.budgets.align_bytes // BF16
+    if plan.phase == "prefill" and plan.refittable("q_head_batch") and (st * config.group_size) % plan.q_head_batch:
+        # the plugin's prefill Q_HEAD_BATCH follows a user's smaller SEQ_TILE: it must divide SEQ_TILE x G
+        plan = replace(plan, q_head_batch=math.gcd(plan.q_head_batch, st * config.group_size))
     if plan.refittable("score_cols"):
         cols = plan.score_cols
         fitted = next((c for c in range(cols - cols % st, 0, -st) if kb % c == 0), st)

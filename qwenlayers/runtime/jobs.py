@@ -208,3 +208,27 @@ def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
             kernel(*args)
         measured[name] = {"sim_us": sim.sim_report(sim.last_run_dir())["sim_us"], **work}
     return {"measured": measured}
+
+
+@job("stage_sweep")
+def stage_sweep_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Time layer stages at tile budgets on the cost model (no values). Inputs: ``points``, a list
+    of ``{"stage", "rows", "width", "out", "heads", "tile_bytes"}``. Returns, per point, its
+    simulated µs and tasks, or the compile error (a tile too big for a buffer fails there); one
+    failing point does not stop the others."""
+    from qwenlayers.core.kernels.sweep import StageShape, build_stage
+    from qwenlayers.runtime import sim
+
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    results: list[dict[str, Any]] = []
+    for point in inputs["points"]:
+        shape = StageShape(point["stage"], point["rows"], point["width"], point.get("out", 0), point.get("heads", 0))
+        try:
+            kernel, args = build_stage(shape, point["tile_bytes"], jit_options=ctx.jit_options())
+            with sim.quiet(ctx.log_path):
+                kernel(*(torch.zeros(s, dtype=dtypes[d]) for s, d in args))
+            rep = sim.sim_report(sim.last_run_dir())
+            results.append({**point, "sim_us": rep.get("sim_us"), "tasks": rep.get("tasks", {})})
+        except Exception as exc:  # noqa: BLE001 - an oversized tile is a result of the sweep, not a failure of it
+            results.append({**point, "sim_us": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+    return {"points": results}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qwenlayers import Budgets, Buffers, Cores, Figure, Platform, TilingPlan
+from qwenlayers import Buffers, Cores, Figure, Platform
+from qwenlayers.plugin_kit import REFERENCE_000_ANCHORS, derived_budgets
 from qwenlayers.runtime.probes import npu_probe
 
 INI_SOURCE = "upstream pypto master 950PR_957x.ini (as measured in shared/pypto-on-cpu.md)"
@@ -44,7 +45,10 @@ fb0_size=4096
 
 BUFFERS = Buffers(ub=253952, l0a=65536, l0b=65536, l0c=262144, l1=524288, source=INI_SOURCE)
 CORES = Cores(cube=28, vector=56, source=INI_SOURCE)
-BUDGETS = Budgets(tilelet_bytes=2048, tile_bytes=16384)
+#: This target's own budget set: derived from its buffers (7 vector tiles in UB, 2 cube operand
+#: tiles in L0A/L0B) and checked against the stage sweep at qwen3-32b shapes (docs/budgets.md,
+#: benchmarks/results/budget_sweep.jsonl). pypto-lib's 2 KB / 16 KB stays available as "pypto-lib".
+BUDGETS = derived_budgets("a5", BUFFERS, source="stage sweep on a5sim, docs/budgets.md")
 HBM = Figure(1600.0, "GB/s", "Ascend 950PR announcement (HiBL 1.0 HBM, 1.6 TB/s), nominal, not measured")
 BF16_PEAK = Figure(500.0, "TFLOP/s", "Ascend 950 announcement (1 PFLOP/s FP8; BF16 taken as half), nominal, unverified")
 
@@ -62,21 +66,13 @@ A5 = Platform(
     probe=npu_probe,
 )
 
-#: Same anchor as A2A3 (pypto-lib reference 000's Qwen3-32B plan): the budgets are equal.
-ANCHORS = TilingPlan.per_phase(
-    source="plugin qwenlayers-a5", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64, q_head_batch=4, seq_tile=64,
-    cube_m=16, k_l1=1024, kv_block=4096,  # decode: one attention iteration per 4096 cache rows (simulated 7x faster than 64 at 0.6B 16x4096)
-    # pypto task merging (docs/decode.md "Task merging"): same-shape cube tasks in pairs, a merged
-    # task's GM->L1 copies capped at 2 MiB (qwen3-8b decode 16 x 4096, a2a3sim: 1,147 -> 969 us)
-    cube_merge=2, merge_copy_kb=2048,
-    # decode softmax reads the scores in [Q_HEAD_BATCH, 128] fp32 tiles (2 KB), two cube tiles
-    # per copy (qwen3-32b 16 x 4096, a2a3sim: 1,483 -> 1,462 us, compile 389 -> 315 s)
-    score_cols=128,
-    # decode Q @ K^T copies 512 cache rows of K per cube step (L0 tiles [512, 16]) instead of
-    # one 16 KB [64, 128] tile per copy (qwen3-32b 16 x 4096, a2a3sim: 1,462 -> 1,228 us)
-    qk_cols=512,
-)
-# prefill projects 64-token tiles (L0A [64, 128] bf16 = 16 KB): the weights are read once per
-# tile, so 16-token tiles capped a long prefill's cube use (docs/prefill.md; qwen3-0.6b, 128
-# tokens, a2a3sim: 1,300 -> 949 us). Decode's m tile is the batch (at most 16 rows here).
-ANCHORS["prefill"] = replace(ANCHORS["prefill"], cube_m=64)
+#: Plans under this target's budgets (fitted to each model by derive_plan). Decode keeps the
+#: reference-000 schedule that reached 83.5 % at qwen3-32b; prefill uses the larger tiles the
+#: budgets allow (docs/prefill.md "Tiles under the target's budgets").
+ANCHORS = {
+    "decode": replace(REFERENCE_000_ANCHORS["decode"], source=""),
+    "prefill": replace(
+        REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=64, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
+        q_head_batch=64, seq_tile=128, cube_m=128, k_l1=512,
+    ),
+}

@@ -22,7 +22,17 @@ from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError, TilingError
 from qwenlayers.registry import PlatformRegistry, get_registry
-from qwenlayers.runtime.chunking import Chunk, DecodeSplit, cache_rows_needed, check_reference_fits, prefill_chunks, split_decode
+from qwenlayers.runtime.chunking import (
+    Chunk,
+    DecodeSplit,
+    PrefillSplit,
+    cache_rows_needed,
+    check_reference_fits,
+    prefill_chunks,
+    prefill_fits_one_worker,
+    split_decode,
+    split_prefill,
+)
 
 Progress = Callable[[str], None]
 
@@ -254,6 +264,93 @@ def _write_back(k_cache: torch.Tensor, v_cache: torch.Tensor, written: list[tupl
         v_cache[b, :, start : start + v_rows.shape[1]] = v_rows
 
 
+def _scatter_packed(out: torch.Tensor, packed_rows: torch.Tensor, lens: list[int], first: int) -> None:
+    """Packed rows [sum(lens), H] back into the caller's right-padded [B, S, H] from batch row ``first``."""
+    offset = 0
+    for i, n_tok in enumerate(lens):
+        out[first + i, :n_tok] = packed_rows[offset : offset + n_tok]
+        offset += n_tok
+
+
+def _prefill_in_parts(
+    target: Platform, reg: PlatformRegistry, inputs: dict[str, Any], split: PrefillSplit, reports: list[dict[str, Any]],
+    summaries: list[dict[str, Any]], say: Progress, verify_passes: bool,
+) -> dict[str, torch.Tensor]:
+    """A checked prefill of ``inputs`` (one chunk's packed tokens) as one program per loop and
+    group (:class:`~qwenlayers.runtime.chunking.PrefillSplit`): loop A per group of token tiles,
+    loop B per group of query tiles (each reads the K/V workspaces loop A filled and writes its
+    own cache and attention rows), loop C to the first residual per group of token tiles, then
+    the MLP per intermediate shard and token group, the fp32 partials summed on the host and
+    rounded once (reduction point 2, as the one-program kernel rounds). Returns what the
+    one-program prefill job returns: out [T, H] and the caches."""
+    from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
+    from qwenlayers.runtime.worker import run_job
+
+    cfg, plan, lens = inputs["config"], inputs["plan"], inputs["seq_lens"]
+    x, tt, st = inputs["hidden"], split.token_tile, plan.seq_tile
+    n_tok = x.shape[0]
+    kc, vc = inputs["k_cache"], inputs["v_cache"]
+    small = torch.zeros(1, cfg.num_key_value_heads, st, cfg.head_dim, dtype=kc.dtype)  # loops A and C touch no cache
+    total = split.workers()
+    done = 0
+
+    def job(what: str, job_inputs: dict[str, Any], estimate: int, kind: str = "prefill") -> dict[str, torch.Tensor]:
+        nonlocal done
+        done += 1
+        say(f"prefill in parts, worker {done}/{total}: {what}")
+        result = run_job(target, kind, job_inputs, registry=reg, verify_passes=verify_passes)
+        reports.append(result.report)
+        summaries.append(_chunk_summary(what, estimate, lens, result.report, result.wall_s))
+        return result.outputs
+
+    def rows(g: Any) -> slice:
+        return slice(g.start * tt, min(n_tok, g.stop * tt))
+
+    def token_job(what: str, g: Any, part: str, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = rows(g)
+        return job(f"{what}, tokens {r.start}..{r.stop - 1}", {
+            **inputs, "part": part, "hidden": x[r].contiguous(), "cos": inputs["cos"][r].contiguous(),
+            "sin": inputs["sin"][r].contiguous(), "seq_lens": [r.stop - r.start], "k_cache": small, "v_cache": small.clone(),
+            **{k: v[r].contiguous() for k, v in extra.items()}}, g.estimate_bytes)
+
+    ws = {name: torch.zeros(n_tok, width, dtype=x.dtype)
+          for name, width in zip(WORKSPACES, (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width))}
+    for g in split.qkv:  # loop A
+        o = token_job("projections", g, "qkv", {})
+        for name in WORKSPACES[:3]:
+            ws[name][rows(g)] = o[name]
+    items = work_items(lens, st)
+    k_out, v_out = kc.clone(), vc.clone()
+    for g in split.attend:  # loop B
+        mine = items[g.start : g.stop]
+        o = job(f"attention, query tiles {g.start}..{g.stop - 1} of {len(items)}", {
+            **inputs, "part": "attend", "work_items": mine, **{n: ws[n] for n in WORKSPACES[:3]}}, g.estimate_bytes)
+        for b, n, offset, qt in mine:
+            lo, hi = qt * st, min(n, (qt + 1) * st)
+            ws["attn"][offset + lo : offset + hi] = o["attn"][offset + lo : offset + hi]
+            k_out[b, :, lo:hi], v_out[b, :, lo:hi] = o["k_cache"][b, :, lo:hi], o["v_cache"][b, :, lo:hi]
+    resid = torch.empty_like(x)
+    for g in split.o_proj:  # loop C to the first residual
+        resid[rows(g)] = token_job("o_proj + residual", g, "o_proj", {"attn": ws["attn"]})["out"]
+    inter, shards = cfg.intermediate_size, split.mlp_shards
+    width = inter // shards
+    packed = inputs["weights"]
+    summed = torch.zeros(resid.shape, dtype=torch.float32)
+    for k in range(shards):
+        cols = slice(k * width, (k + 1) * width)
+        w_gu = torch.cat([packed["w_gu"][:, cols], packed["w_gu"][:, inter + cols.start : inter + cols.stop]], 1).contiguous()
+        w_down = packed["w_down"][cols].contiguous()
+        for g in split.mlp_groups:
+            r = rows(g)
+            rt = resid[r]
+            pad = -rt.shape[0] % tt if rt.shape[0] > tt else 0
+            o = job(f"MLP shard {k + 1}/{shards} (columns {cols.start}..{cols.stop - 1}), tokens {r.start}..{r.stop - 1}",
+                    {"config": cfg, "plan": plan, "resid": torch.cat([rt, torch.zeros(pad, rt.shape[1], dtype=rt.dtype)]),
+                     "w_ln2": packed["w_ln2"], "w_gu": w_gu, "w_down": w_down, "token_tile": tt}, g.estimate_bytes, "decode_mlp")
+            summed[r] += o["part"][: r.stop - r.start]
+    return {"out": residual_after_reduction(resid, summed), "k_cache": k_out, "v_cache": v_out}
+
+
 def decode(
     config: Qwen3Config | Mapping[str, Any] | str,
     weights: LayerWeights | Mapping[str, torch.Tensor],
@@ -427,12 +524,16 @@ def prefill(
     run_cfg = cfg.with_max_seq(max_seq)
     the_plan = resolve_plan(reg, target, run_cfg, "prefill", plan, lens)
     st = the_plan.attention_block  # cache rows travel in whole attention iterations
+    split: PrefillSplit | None = None
     if not values:
         chunks = []
     elif schedule == "reference":  # one worker or none, as in decode
         chunks = [Chunk(0, len(lens), check_reference_fits(run_cfg, the_plan, "prefill", lens))]
-    else:
+    elif prefill_fits_one_worker(run_cfg, lens, st, the_plan.cube_m):
         chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m)
+    else:  # a sequence too big for one worker: one program per loop and group (refused up front if even that is over)
+        split = split_prefill(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk)
+        chunks = [Chunk(0, len(lens), 0)]
 
     from qwenlayers.runtime.worker import run_job
 
@@ -465,6 +566,11 @@ def prefill(
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
         inputs, kc, vc = job_inputs(chunk.start, chunk.stop)
+        if split is not None:
+            o = _prefill_in_parts(target, reg, inputs, split, reports, summaries, say, verify_passes)
+            _collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
+            _scatter_packed(out, o["out"], part, chunk.start)
+            continue
         say(f"prefill chunk {n}/{len(chunks)}: sequences {chunk.start}..{chunk.stop - 1}, {sum(part)} tokens")
         result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1, verify_passes=verify_passes)
         o = result.outputs
@@ -479,7 +585,7 @@ def prefill(
         kept_dir = result.kept_dir or kept_dir
     wall_total = sum(s["wall_s"] for s in summaries)
     timing, timing_from = reports[0], "values run"
-    if len(chunks) > 1:
+    if len(chunks) > 1 or split is not None:
         whole = whole_batch_cost_model_run()
         timing, timing_from = whole.report, "whole-batch cost-model run"
         wall_total += whole.wall_s

@@ -159,10 +159,13 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     comm_s = allreduce(o_part)  # reduction point 1
     resid = residual_after_reduction(hidden, o_part)
     rows = resid.shape[0]
-    tile = job.plan.cube_m
-    padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if rows % tile and rows > tile else resid
+    # prefill: the packed tokens in a loop over token tiles (padded to whole tiles), as loop C of the
+    # one-program prefill; decode: the batch rows as one static program
+    tile = job.plan.cube_m if job.phase == "prefill" else 0
+    padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if tile and rows % tile and rows > tile else resid
     mlp = run_job(target, "decode_mlp", {"config": cfg, "plan": job.plan, "resid": padded, "w_ln2": packed["w_ln2"],
-                                         "w_gu": packed["w_gu"], "w_down": packed["w_down"]}, registry=reg, values=job.values)
+                                         "w_gu": packed["w_gu"], "w_down": packed["w_down"], "token_tile": tile},
+                  registry=reg, values=job.values)
     down = mlp.outputs["part"][:rows].float().contiguous()
     comm_s += allreduce(down)  # reduction point 2
     out = residual_after_reduction(resid, down)

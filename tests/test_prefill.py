@@ -176,9 +176,57 @@ def test_bad_prefill_input_is_refused_and_nothing_changes(change, message):
         assert torch.equal(v, before[k]), f"{k} was modified by a refused call"
 
 
-def test_a_sequence_too_big_for_one_worker_is_refused_with_the_figures(monkeypatch):
-    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", "0.5")
+def test_a_prefill_that_not_even_its_parts_fit_is_refused_with_the_figures(monkeypatch):
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", "0.5")  # below one worker's base: no part of the split fits
     cfg = preset("tiny-mha")
-    with pytest.raises(InputError, match=r"checked prefill of seq_len 128 on tiny-mha needs about .* GB .* budget is 0.5 GB"):
+    with pytest.raises(InputError, match=r"checked prefill split over workers still needs about .* GB for one .* budget is 0.5 GB"):
         qwenlayers.prefill(cfg, qwenlayers.LayerWeights.random(cfg), torch.randn(1, 128, cfg.hidden_size).bfloat16(),
                            torch.tensor([128], dtype=torch.int32), platform="a5sim")
+
+
+@pytest.mark.sim
+def test_a_prefill_too_big_for_one_worker_runs_in_parts_and_matches(runnable_platform, monkeypatch):
+    """The split checked run (one program per loop and group) on tiny, forced, every loop cut into
+    one-unit groups and the MLP into two intermediate shards: same bits as the one-program run,
+    golden within the bar, the caller's cache rows past each length untouched."""
+    from dataclasses import replace
+
+    from qwenlayers import layer
+
+    def one_unit_groups(config, lens, seq_tile, token_tile, mlp_step, **kwargs):
+        s = chunking.split_prefill(config, lens, seq_tile, token_tile, mlp_step)
+        per = [chunking.Group(i, i + 1, 0) for i in range(s.tiles)]
+        items = [chunking.Group(i, i + 1, 0) for i in range(sum(-(-n // seq_tile) for n in lens))]
+        return replace(s, qkv=per, attend=items, o_proj=per, mlp_shards=2,
+                       mlp_groups=[chunking.Group(0, 2, 0), chunking.Group(2, s.tiles, 0)])
+
+    cfg = preset("tiny")
+    lens, tiles = [20, 45], {"SEQ_TILE": SEQ_TILE, "CUBE_M": 32}
+    weights = qwenlayers.LayerWeights.random(cfg, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(len(lens), max(lens), cfg.hidden_size, generator=gen).bfloat16()
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    shape = (len(lens), cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
+    k_poison, v_poison = torch.full(shape, float("nan")).bfloat16(), torch.full(shape, 9.0).bfloat16()
+    whole = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles)
+    monkeypatch.setattr(layer, "prefill_fits_one_worker", lambda *a, **k: False)
+    monkeypatch.setattr(layer, "split_prefill", one_unit_groups)
+    kc, vc = k_poison.clone(), v_poison.clone()
+    parts = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True,
+                               k_cache=kc, v_cache=vc)
+    assert len(parts.report.chunks) == 3 + 5 + 3 + 4 and parts.report.timing_from == "whole-batch cost-model run"
+    assert parts.report.within_tolerance is True
+    assert torch.equal(parts.out, whole.out)
+    for i, n in enumerate(lens):
+        assert torch.equal(kc[i, :, :n], whole.k_cache[i, :, :n]) and torch.equal(vc[i, :, :n], whole.v_cache[i, :, :n])
+        assert kc[i, :, n:].isnan().all() and torch.equal(vc[i, :, n:], v_poison[i, :, n:])
+
+
+def test_the_split_is_sized_by_the_worker_budget_and_refuses_what_cannot_fit():
+    big = preset("qwen3-32b").with_max_seq(1024)
+    split = chunking.split_prefill(big, [1024], 128, 128, 128, budget=10 * chunking.GIB)
+    assert split.tiles == 8 and split.mlp_shards >= 2
+    assert max(g.estimate_bytes for part in (split.qkv, split.attend, split.o_proj, split.mlp_groups) for g in part) <= 10 * chunking.GIB
+    assert not chunking.prefill_fits_one_worker(big, [1024], 128, 128, budget=10 * chunking.GIB)
+    with pytest.raises(InputError, match=r"still needs about .* GB for one .*budget is 1.0 GB"):
+        chunking.split_prefill(big, [1024], 128, 128, 128, budget=1 * chunking.GIB)

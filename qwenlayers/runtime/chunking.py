@@ -198,3 +198,131 @@ def check_reference_fits(config: Qwen3Config, plan: TilingPlan, phase: str, lens
             "or raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory"
         )
     return need
+
+
+@dataclass(frozen=True)
+class Group:
+    """One worker of a split prefill: units ``[start, stop)`` (token tiles, work items, or an
+    intermediate shard's token tiles) and its estimated peak bytes."""
+
+    start: int
+    stop: int
+    estimate_bytes: int
+
+
+@dataclass(frozen=True)
+class PrefillSplit:
+    """How a checked prefill too big for one worker is cut into programs, each one loop of the
+    prefill program (``core/kernels/prefill.py`` SPLIT_PARTS) plus the MLP in shards:
+
+    * ``qkv``: groups of token tiles (loop A: projections, norms, RoPE into the workspaces);
+    * ``attend``: groups of work items (loop B: one query tile each, reading the K/V workspaces
+      of its sequence up to that tile, writing its cache rows and attention rows);
+    * ``o_proj``: groups of token tiles (loop C up to the first residual);
+    * the MLP in ``mlp_shards`` intermediate shards, each over groups of token tiles
+      (``mlp_groups``), whose fp32 partials the host sums (reduction point 2)."""
+
+    token_tile: int
+    tiles: int
+    qkv: list[Group]
+    attend: list[Group]
+    o_proj: list[Group]
+    mlp_shards: int
+    mlp_groups: list[Group]
+
+    def workers(self) -> int:
+        return len(self.qkv) + len(self.attend) + len(self.o_proj) + self.mlp_shards * len(self.mlp_groups)
+
+
+def _front_weight_bytes(config: Qwen3Config) -> int:
+    h = config.hidden_size
+    return 2 * (h * config.q_width + 2 * h * config.kv_width + 2 * h + 2 * config.head_dim)
+
+
+def _o_weight_bytes(config: Qwen3Config) -> int:
+    return 2 * config.q_width * config.hidden_size
+
+
+def _tile_act_bytes(config: Qwen3Config, tile: int) -> int:
+    """Activations one token tile's loop call views (x, q/k/v/attn workspaces, out rows)."""
+    return tile * (2 * config.hidden_size + 2 * config.q_width + 2 * config.kv_width) * 2
+
+
+def _groups(units: int, cost: Callable[[int, int], int], limit: int, what: str) -> list[Group]:
+    """Contiguous groups of ``units`` grown while ``cost(start, stop)`` stays within ``limit``;
+    a unit that alone is over it is refused with the figures."""
+    groups: list[Group] = []
+    start = 0
+    while start < units:
+        stop = start + 1
+        if cost(start, stop) > limit:
+            raise InputError(
+                f"a checked prefill split over workers still needs about {cost(start, stop) / GIB:.1f} GB for one {what} "
+                f"(pypto 0.2.0 keeps every loop call's inputs to produce values on a CPU); the budget is "
+                f"{limit / GIB:.1f} GB. Raise QWENLAYERS_WORKER_MEM_GB if the machine has the memory, or use values=False"
+            )
+        while stop < units and cost(start, stop + 1) <= limit:
+            stop += 1
+        groups.append(Group(start, stop, cost(start, stop)))
+        start = stop
+    return groups
+
+
+def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, mlp_step: int, *,
+                  budget: int | None = None) -> PrefillSplit:
+    """Cut a checked prefill into per-loop programs whose estimates stay under the budget.
+
+    Each estimate is the fused-prefill model of :func:`prefill_estimate` restricted to one loop:
+    the static program's weights, plus per loop call the weights and activations it views
+    (loops A and C), or the K/V workspaces and caches (loop B)."""
+    limit = budget_bytes() if budget is None else budget
+    tokens = sum(lens)
+    tt = min(token_tile, tokens)
+    tiles = -(-tokens // tt)
+    act = _tile_act_bytes(config, tt)
+    front, o_w, full = _front_weight_bytes(config), _o_weight_bytes(config), config.weight_bytes()
+
+    def loop_cost(weights: int) -> Callable[[int, int], int]:
+        # the worker is sent every weight (the program's arguments), builds ops on ``weights``
+        return lambda a, b: int(BASE_BYTES + full + WEIGHT_FACTOR * weights + CAPTURE_FACTOR * (b - a) * (weights + act))
+
+    items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
+    kv_ws = tokens * 2 * config.kv_width * 2
+    all_act = _tile_act_bytes(config, tokens)
+    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, seq_tile) * config.head_dim * 2
+
+    def attend_cost(a: int, b: int) -> int:
+        blocks = sum(config.num_key_value_heads * (q + 1) for _, q in items[a:b])
+        return int(BASE_BYTES + full + 2 * all_act + CAPTURE_FACTOR * ((b - a) * (all_act + cache) + blocks * kv_ws))
+
+    # the MLP: the intermediate shards and token groups that need the fewest workers
+    inter, best = config.intermediate_size, None
+    shards = 1
+    while inter % (shards * mlp_step) == 0:
+        mlp_cost = loop_cost(mlp_weight_bytes(config, inter // shards))
+        if mlp_cost(0, 1) <= limit:
+            groups = _groups(tiles, mlp_cost, limit, "token tile of an MLP shard")
+            rank = (shards * len(groups), max(g.estimate_bytes for g in groups))  # fewest workers, then most headroom
+            if best is None or rank < (best[0] * len(best[1]), max(g.estimate_bytes for g in best[1])):
+                best = (shards, groups)
+        shards *= 2
+    if best is None:
+        need = loop_cost(mlp_weight_bytes(config, inter // (shards // 2)))(0, 1)
+        raise InputError(
+            f"a checked prefill split over workers still needs about {need / GIB:.1f} GB for one token tile of the "
+            f"narrowest MLP shard; the budget is {limit / GIB:.1f} GB. Raise QWENLAYERS_WORKER_MEM_GB, or use values=False")
+    return PrefillSplit(
+        tt, tiles,
+        qkv=_groups(tiles, loop_cost(front), limit, "token tile of the projections"),
+        attend=_groups(len(items), attend_cost, limit, "query tile of the attention"),
+        o_proj=_groups(tiles, loop_cost(o_w), limit, "token tile of o_proj"),
+        mlp_shards=best[0],
+        mlp_groups=best[1],
+    )
+
+
+def prefill_fits_one_worker(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *,
+                            budget: int | None = None) -> bool:
+    """Whether every sequence alone fits one worker's fused prefill (else the run is split by loops)."""
+    limit = budget_bytes() if budget is None else budget
+    return all(prefill_estimate(config, [n], seq_tile, token_tile) <= limit for n in lens)

@@ -114,13 +114,15 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
 @job("decode_mlp")
 def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Post-attention norm and one intermediate shard of the MLP. Inputs: config, plan, resid
-    [R, H], w_ln2, w_gu [H, 2*inter] (the shard's gate | up columns), w_down [inter, H].
+    [R, H], w_ln2, w_gu [H, 2*inter] (the shard's gate | up columns), w_down [inter, H], and
+    optionally token_tile (prefill rows: a loop over tiles of that many tokens; R a multiple of it).
     Returns the fp32 partial down projection [R, H]."""
     from qwenlayers.core.kernels.decode import build_decode_mlp
     from qwenlayers.runtime import sim
 
     resid, w_down = inputs["resid"], inputs["w_down"]
-    kernel = build_decode_mlp(inputs["config"], resid.shape[0], w_down.shape[0], inputs["plan"], jit_options=ctx.jit_options())
+    kernel = build_decode_mlp(inputs["config"], resid.shape[0], w_down.shape[0], inputs["plan"], jit_options=ctx.jit_options(),
+                              token_tile=inputs.get("token_tile", 0))
     part = torch.zeros(resid.shape, dtype=torch.float32)
     with sim.quiet(ctx.log_path):
         kernel(resid, inputs["w_ln2"], inputs["w_gu"], w_down, part)
@@ -131,11 +133,21 @@ def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.T
 def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
     in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list),
-    and ``part``: ``layer`` or ``attention`` (a TP rank: out is its fp32 partial o_proj).
+    and ``part``: ``layer``, ``attention`` (a TP rank: out is its fp32 partial o_proj) or a split
+    part (``qkv``, ``attend``, ``o_proj``: one loop each; q/k/v/attn workspaces may be given and
+    are returned, ``work_items`` may list the query tiles of this worker).
     ``schedule="reference"`` builds the reference-schedule baseline (whole layer only).
     Returns out [T, H] and the caches as the kernel left them."""
     from qwenlayers.core.kernels.decode import decode_weight_layout
-    from qwenlayers.core.kernels.prefill import PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
+    from qwenlayers.core.kernels.prefill import (
+        SPLIT_PARTS,
+        WORKSPACES,
+        PrefillShape,
+        build_prefill,
+        causal_mask,
+        padded_tokens,
+        work_items,
+    )
     from qwenlayers.runtime import sim
 
     cfg, plan, lens = inputs["config"], inputs["plan"], inputs["seq_lens"]
@@ -147,7 +159,8 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
 
         work = torch.tensor(reference_work_items(lens), dtype=torch.int32)  # one row per token
     else:
-        work = torch.tensor(work_items(lens, plan.seq_tile), dtype=torch.int32)
+        items = inputs.get("work_items") or work_items(lens, plan.seq_tile)  # a split run's share of the query tiles
+        work = torch.tensor(items, dtype=torch.int32)
     n_real = x.shape[0]
     n_tok = padded_tokens(plan, lens)
     pad = n_tok - n_real
@@ -167,11 +180,18 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
         ws = _workspaces(prefill_reference_workspaces(cfg, shape, plan.seq_tile))
     else:
         kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part)
-        ws = [torch.zeros(n_tok, width, dtype=x.dtype) for width in (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width)]
+        ws = []
+        for name, width in zip(WORKSPACES, (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width)):
+            given = inputs.get(name)  # a split run hands loop B the workspaces loop A filled, loop C its attn
+            ws.append(torch.zeros(n_tok, width, dtype=x.dtype) if given is None else
+                      torch.cat([given, torch.zeros(n_tok - given.shape[0], width, dtype=x.dtype)]))
     args = [*head, *ws, out]
     with sim.quiet(ctx.log_path):
         kernel(*args)
-    return {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}
+    result = {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}
+    if part in SPLIT_PARTS:
+        result.update({name: w[:n_real] for name, w in zip(WORKSPACES, ws)})
+    return result
 
 
 @job("calibrate")

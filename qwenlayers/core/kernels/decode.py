@@ -355,15 +355,24 @@ def build_decode_attention(
     return qwen3_decode_attention
 
 
-def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPlan, *, jit_options: dict[str, Any]) -> Any:
+def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPlan, *, jit_options: dict[str, Any],
+                     token_tile: int = 0) -> Any:
     """Post-attention RMSNorm and the MLP over ``inter`` intermediate columns (one shard of
     them), up to reduction point 2: ``(resid [R, H], w_ln2 [1, H], w_gu [H, 2*inter],
-    w_down [inter, H], part [R, H] fp32)``. The shards' fp32 parts sum to the down projection."""
+    w_down [inter, H], part [R, H] fp32)``. The shards' fp32 parts sum to the down projection.
+
+    ``token_tile`` > 0 (prefill: R packed tokens, a multiple of it) runs the rows in a
+    ``pypto.loop`` over tiles of that many tokens, as the prefill program's loop C does, so
+    the program (its compile and its tasks) grows with the tokens instead of being one static
+    graph of all of them; 0 (decode: R is the batch) is one static program."""
     import pypto
 
     bf16, fp32 = pypto.DT_BF16, pypto.DT_FP32
     cfg, eps, h = config, config.rms_norm_eps, config.hidden_size
-    t = LayerTiles(plan, cfg, rows)
+    tt = token_tile if 0 < token_tile < rows else rows
+    if rows % tt:
+        raise ValueError(f"build_decode_mlp: rows={rows} is not a multiple of token_tile={tt}")
+    t = LayerTiles(plan, cfg, tt)
 
     @pypto.frontend.jit(**jit_options)
     def qwen3_decode_mlp(
@@ -374,6 +383,12 @@ def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPla
         part: pypto.Tensor((rows, h), fp32),
     ):
         blocks.merge_tasks(t.pass_options)
-        part[:] = mlp_half(cfg, t, eps, resid, {"w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}, inter, True)
+        w = {"w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
+        if tt == rows:
+            part[:] = mlp_half(cfg, t, eps, resid, w, inter, True)
+        else:
+            for i in pypto.loop(rows // tt, name="LOOP_tok_mlp", idx_name="i"):
+                rt = pypto.view(resid, [tt, h], [i * tt, 0])
+                pypto.assemble(mlp_half(cfg, t, eps, rt, w, inter, True), [i * tt, 0], part)
 
     return qwen3_decode_mlp

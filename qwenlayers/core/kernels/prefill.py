@@ -31,6 +31,12 @@ from qwenlayers.core.kernels import blocks
 from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
 from qwenlayers.core.tiling import TilingPlan
 
+#: Parts of a prefill split over workers: loop A, loop B, loop C up to the first residual.
+SPLIT_PARTS = ("qkv", "attend", "o_proj")
+
+#: The GM workspaces one loop fills and another reads, in argument order ([T, width] bf16).
+WORKSPACES = ("q_ws", "k_ws", "v_ws", "attn")
+
 #: Columns of one work item: sequence index, its length, its first packed row, query tile index.
 WORK_COLUMNS = ("seq", "length", "offset", "q_tile")
 
@@ -54,6 +60,12 @@ def build_prefill(
     only this rank's fp32 partial o_proj into ``out`` [T, H] fp32 (the MLP weights are still
     arguments, unused), and the MLP runs as :func:`~qwenlayers.core.kernels.decode.build_decode_mlp`
     after the all-reduce.
+
+    The parts of a checked run that does not fit one worker (:data:`SPLIT_PARTS`), each one loop
+    of the same program with the same arguments: ``"qkv"`` is loop A alone (its results are the
+    q/k/v workspaces), ``"attend"`` loop B alone (reads the workspaces, writes the caches and
+    ``attn``), ``"o_proj"`` loop C up to the residual (``out`` is ``x + o_proj(attn)``, bf16);
+    the MLP then runs in token-tiled intermediate shards (``build_decode_mlp``).
 
     Arguments: x [T, H], the :func:`decode_weight_layout` tensors, cos/sin [T, 1, D] fp32,
     k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b),
@@ -80,9 +92,11 @@ def build_prefill(
     # (token, head) pairs here, not one KV group's heads. qwen3-0.6b, 128 tokens: [2, 64] and
     # [2, 128] tiles simulated 1,610 us; [8, 64] and [4, 128], 1,344 us (512 tokens: 10,630 -> 6,926).
     srows = math.gcd(qhb * plan.score_cols // st, qrows)
-    if part not in ("layer", "attention"):
-        raise ValueError(f"build_prefill part={part!r}; allowed: layer, attention")
-    out_dtype = bf16 if part == "layer" else fp32
+    if part not in ("layer", "attention", *SPLIT_PARTS):
+        raise ValueError(f"build_prefill part={part!r}; allowed: layer, attention, {', '.join(SPLIT_PARTS)}")
+    loop_a, loop_b, loop_c = (part in ("layer", "attention", "qkv"), part in ("layer", "attention", "attend"),
+                              part in ("layer", "attention", "o_proj"))
+    out_dtype = fp32 if part == "attention" else bf16
 
     @pypto.frontend.jit(**jit_options)
     def qwen3_prefill_layer(
@@ -112,7 +126,7 @@ def build_prefill(
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         # A. projections, norms and RoPE per token tile
-        for i in pypto.loop(n_tiles, name="LOOP_tok_qkv", idx_name="i"):
+        for i in pypto.loop(n_tiles if loop_a else 0, name="LOOP_tok_qkv", idx_name="i"):
             xt = pypto.view(x, [tt, h], [i * tt, 0])
             ct = pypto.view(cos, [tt, 1, d], [i * tt, 0, 0])
             sn = pypto.view(sin, [tt, 1, d], [i * tt, 0, 0])
@@ -122,7 +136,7 @@ def build_prefill(
             pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(k_new, [tt, kw]), fp32), bf16), [i * tt, 0], k_ws)
             pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(v_new, [tt, kw]), fp32), bf16), [i * tt, 0], v_ws)
         # B. cache write and causal flash attention per (sequence, query tile)
-        for wi in pypto.loop(nw, name="LOOP_work", idx_name="wi"):
+        for wi in pypto.loop(nw if loop_b else 0, name="LOOP_work", idx_name="wi"):
             b = work[wi, 0]
             length = work[wi, 1]
             off = work[wi, 2]
@@ -174,7 +188,7 @@ def build_prefill(
                         res = pypto.cast(pypto.view(res, [st, g * d], [0, 0], valid_shape=[qvalid, g * d]), bf16)
                         pypto.assemble(res, [off + qt * st, hk * g * d], attn)
         # C. o_proj, residual, MLP, residual per token tile
-        for i in pypto.loop(n_tiles, name="LOOP_tok_mlp", idx_name="i"):
+        for i in pypto.loop(n_tiles if loop_c else 0, name="LOOP_tok_mlp", idx_name="i"):
             xt = pypto.view(x, [tt, h], [i * tt, 0])
             at = pypto.view(attn, [tt, qw], [i * tt, 0])
             pypto.assemble(_tail(cfg, t, eps, xt, at, w, part), [i * tt, 0], out)
@@ -190,6 +204,8 @@ def _tail(cfg: Qwen3Config, t: LayerTiles, eps: float, xt: Any, at: Any, w: dict
     if part == "attention":
         return o_proj_out(t, xt, at, w["w_o"], residual=False)
     resid = o_proj_out(t, xt, at, w["w_o"], residual=True)
+    if part == "o_proj":
+        return resid
     down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)  # reduction point 2 when sharded
     pypto.set_vec_tile_shapes(*t.hidden_vec)
     return blocks.residual_add(resid, down_part)

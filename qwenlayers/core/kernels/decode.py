@@ -90,7 +90,12 @@ class LayerTiles:
         # (cost model): the input RMSNorm went from 4 tasks of 47k cycles to 16 of 12k, the step
         # from 1,201 to 1,147 us. SwiGLU (elementwise) gained nothing from it at 8B and lost at a
         # tp=8 32B shard (3,200 columns: 142 -> 151 us, compile 15 -> 23 s), so it keeps its tile.
-        self.hidden_vec = (1, _row_tile(h, p.k_chunk, self.rows))
+        # Where whole rows fit the tile, it holds as many as fit (prefill token tiles: 128 one-row
+        # tasks of the final residual took 60k cycles of a 0.6B 128-token prefill, bound by the
+        # scheduler's dispatch rate); decode's [tok_tile, k_chunk] is below one row, so it keeps one-row tiles.
+        cols = _row_tile(h, p.k_chunk, self.rows)
+        fit = p.tok_tile * p.k_chunk // h if cols == h else 1
+        self.hidden_vec = (max(r for r in range(1, max(1, min(fit, self.rows)) + 1) if self.rows % r == 0), cols)
         self.mlp_vec = (self.rows, p.mlp_out_chunk)
         self.head_vec = (p.q_head_batch, config.head_dim)  # per-head rows [R, D]
         self.seq_tile = p.seq_tile
@@ -136,9 +141,14 @@ def qk_norm_rope(cfg: Qwen3Config, t: LayerTiles, rows: int, eps: float, q: Any,
     pypto.set_vec_tile_shapes(*t.head_vec)
     q_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(q, [rows * nh, d]), fp32), w_qn, d, eps)
     k_heads = blocks.rms_norm_rows(pypto.cast(pypto.reshape(k, [rows * kvh, d]), fp32), w_kn, d, eps)
-    pypto.set_vec_tile_shapes(1, t.head_vec[0], d)
-    return (blocks.rope(pypto.reshape(q_heads, [rows, nh, d]), cos, sin, d),
-            blocks.rope(pypto.reshape(k_heads, [rows, kvh, d]), cos, sin, d))
+    out = []
+    for heads, normed in ((nh, q_heads), (kvh, k_heads)):
+        # RoPE tiles of Q_HEAD_BATCH head rows: [1, Q_HEAD_BATCH, D], or whole tokens' heads when a
+        # token has fewer (0.6B prefill, 16 query heads: [4, 16, D] instead of [1, 16, D], a quarter of the tasks)
+        per = max(r for r in range(1, max(1, min(t.head_vec[0] // heads, rows)) + 1) if rows % r == 0)
+        pypto.set_vec_tile_shapes(per, min(t.head_vec[0], heads), d)
+        out.append(blocks.rope(pypto.reshape(normed, [rows, heads, d]), cos, sin, d))
+    return out[0], out[1]
 
 
 def mlp_half(cfg: Qwen3Config, t: LayerTiles, eps: float, residual: Any, w: dict[str, Any], inter: int, fp32_out: bool = False) -> Any:

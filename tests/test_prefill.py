@@ -230,3 +230,24 @@ def test_the_split_is_sized_by_the_worker_budget_and_refuses_what_cannot_fit():
     assert not chunking.prefill_fits_one_worker(big, [1024], 128, 128, budget=10 * chunking.GIB)
     with pytest.raises(InputError, match=r"still needs about .* GB for one .*budget is 1.0 GB"):
         chunking.split_prefill(big, [1024], 128, 128, 128, budget=1 * chunking.GIB)
+
+
+@pytest.mark.sim
+def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_platform, monkeypatch):
+    """Past MAX_COST_MODEL_SCORES the timing comes from loop A, loop B in groups of query tiles,
+    loop C and the MLP simulated one after another: the same tasks as the one program, their
+    times added; a checked run takes its timing from the phases and its values as before."""
+    cfg = preset("tiny")
+    lens, tiles = [200], {"SEQ_TILE": 32}
+    weights = qwenlayers.LayerWeights.random(cfg, seed=2)
+    hidden = torch.randn(1, 200, cfg.hidden_size).bfloat16()
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    whole = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False)
+    monkeypatch.setattr(chunking, "MAX_COST_MODEL_SCORES", chunking.attention_scores(cfg, lens, 32) // 3)
+    phased = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False)
+    rep = phased.report
+    assert phased.out is None and rep.timing_from.startswith("phased cost-model runs") and len(rep.chunks) > 4
+    assert rep.sim_us == pytest.approx(sum(c["sim_us"] for c in rep.chunks))
+    assert rep.tasks == whole.report.tasks  # the same work, cut at the loop boundaries
+    checked = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True)
+    assert checked.report.within_tolerance is True and checked.report.sim_us == pytest.approx(rep.sim_us)

@@ -326,3 +326,34 @@ def prefill_fits_one_worker(config: Qwen3Config, lens: list[int], seq_tile: int,
     """Whether every sequence alone fits one worker's fused prefill (else the run is split by loops)."""
     limit = budget_bytes() if budget is None else budget
     return all(prefill_estimate(config, [n], seq_tile, token_tile) <= limit for n in lens)
+
+
+#: Attention score elements (sum over (query tile, key block) iterations of query rows x key
+#: rows) one cost-model run of a prefill may hold. The cost model's memory grows with the
+#: attention's tasks: qwen3-32b at 1024 tokens (37.7M elements, 23.8k tasks) peaked at 10.9 GB
+#: in one program; at 4096 tokens (554M) it passed 21 GB and was killed.
+MAX_COST_MODEL_SCORES = 1 << 27
+
+
+def attention_scores(config: Qwen3Config, lens: list[int], seq_tile: int, items: list[tuple[int, int]] | None = None) -> int:
+    """Score elements the causal attention of ``lens`` computes in SEQ_TILE blocks (or of ``items``,
+    (length, query tile) pairs)."""
+    items = items if items is not None else [(n, q) for n in lens for q in range(-(-n // seq_tile))]
+    per_block = config.num_key_value_heads * seq_tile * config.group_size * seq_tile
+    return sum((q + 1) * per_block for _, q in items)
+
+
+def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> PrefillSplit | None:
+    """None when one cost-model run of the whole prefill fits (:data:`MAX_COST_MODEL_SCORES`);
+    else the phases to simulate one after another and add up: loop A, loop B in groups of query
+    tiles under the bound, loop C to the residual, and the MLP, each over every token."""
+    if attention_scores(config, lens, seq_tile) <= MAX_COST_MODEL_SCORES:
+        return None
+    tokens = sum(lens)
+    tt = min(token_tile, tokens)
+    tiles = -(-tokens // tt)
+    items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
+    attend = _groups(len(items), lambda a, b: attention_scores(config, lens, seq_tile, items[a:b]),
+                     MAX_COST_MODEL_SCORES, "query tile of the attention in one cost-model run")
+    whole = [Group(0, tiles, 0)]
+    return PrefillSplit(tt, tiles, qkv=whole, attend=attend, o_proj=whole, mlp_shards=1, mlp_groups=whole)

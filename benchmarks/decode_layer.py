@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=200)  # tables stay whole when piped (rich would fold them to 80 columns)
     out = table("decode layer (sim)")
     for model in args.model or ["qwen3-32b", "qwen3-0.6b"]:
         for platform in args.platform.split(","):

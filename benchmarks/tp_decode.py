@@ -2,6 +2,7 @@
 
     python benchmarks/tp_decode.py                                   # qwen3-32b B=16 L=4096, tp 2,4,8, a5sim
     python benchmarks/tp_decode.py --model qwen3-0.6b --tp 2,4 --platform a2a3sim
+    python benchmarks/tp_decode.py --phase prefill --batch 1 --seq-len 4096 --tp 4,8    # one 4096-token prefill
 
 For each TP degree, rank 0's two programs (attention to reduction point 1, MLP shard) run on
 the cost model at full size (``qwenlayers.tensor_parallel.rank_cost``): every rank compiles the
@@ -32,22 +33,23 @@ def main() -> None:
     ap.add_argument("--platform", default="a5sim")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--phase", default="decode", choices=("decode", "prefill"))
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=200)  # tables stay whole when piped (rich would fold them to 80 columns)
     cfg = preset(args.model)
     lens = [args.seq_len] * args.batch
-    out = Table(title=f"{cfg.name} decode B={args.batch} L={args.seq_len}, tensor parallel on {args.platform} (rank 0, cost model)")
+    out = Table(title=f"{cfg.name} {args.phase} B={args.batch} L={args.seq_len}, tensor parallel on {args.platform} (rank 0, cost model)")
     for col in ("tp", "rank shard", "attention µs", "MLP µs", "rank µs", "AIC/AIV tasks", "compile s", "peak GB",
                 "all-reduce payload", "ring bytes / rank"):
         out.add_column(col, justify="right")
     for tp in (int(t) for t in args.tp.split(",")):
         start = time.perf_counter()
         with console.status(f"tp={tp}: rank 0 of {cfg.name} …"):
-            rank = rank_cost(cfg, "decode", lens, tp=tp, platform=args.platform)
-        comm = allreduce_bytes(args.batch, cfg, tp)
+            rank = rank_cost(cfg, args.phase, lens, tp=tp, platform=args.platform)
+        comm = allreduce_bytes(args.batch if args.phase == "decode" else sum(lens), cfg, tp)
         sc = shard_config(cfg, tp)
         a, m = rank.attention, rank.mlp
-        rec = record("tp_decode", {"model": cfg.name, "platform": args.platform, "batch": args.batch, "seq_len": args.seq_len,
+        rec = record("tp_decode", {"model": cfg.name, "phase": args.phase, "platform": args.platform, "batch": args.batch, "seq_len": args.seq_len,
                                    "tp": tp, "rank": rank.rank, "q_heads": rank.q_heads, "kv_heads": rank.kv_heads,
                                    "inter": rank.inter, "sim_us": rank.sim_us, "attention": a, "mlp": m,
                                    "communication": comm, "bench_wall_s": round(time.perf_counter() - start, 1)})

@@ -200,15 +200,21 @@ def _mlp_in_shards(
     total = torch.zeros(resid.shape, dtype=torch.float32)
     for k in range(shards):
         cols = slice(k * width, (k + 1) * width)
-        w_gu = torch.cat([packed["w_gu"][:, cols], packed["w_gu"][:, inter + k * width : inter + (k + 1) * width]], 1).contiguous()
+        w_gu, w_down = _mlp_shard_weights(packed, inter, cols)
         say(f"decode MLP shard {k + 1}/{shards}: intermediate columns {cols.start}..{cols.stop - 1}")
         result = run_job(target, "decode_mlp",
                          {"config": cfg, "plan": plan, "resid": resid, "w_ln2": packed["w_ln2"], "w_gu": w_gu,
-                          "w_down": packed["w_down"][cols].contiguous()}, registry=reg, verify_passes=verify_passes)
+                          "w_down": w_down}, registry=reg, verify_passes=verify_passes)
         total += result.outputs["part"]
         reports.append(result.report)
         summaries.append(_chunk_summary(f"mlp shard {k + 1}/{shards}", split.mlp_estimate_bytes, [], result.report, result.wall_s))
     return residual_after_reduction(resid, total)
+
+
+def _mlp_shard_weights(packed: dict[str, torch.Tensor], inter: int, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """One intermediate shard's packed weights: its gate | up columns [H, 2*w] and down rows [w, H]."""
+    w_gu = torch.cat([packed["w_gu"][:, cols], packed["w_gu"][:, inter + cols.start : inter + cols.stop]], 1).contiguous()
+    return w_gu, packed["w_down"][cols].contiguous()
 
 
 def residual_after_reduction(x: torch.Tensor, summed: torch.Tensor) -> torch.Tensor:
@@ -342,8 +348,7 @@ def _prefill_in_parts(
     summed = torch.zeros(resid.shape, dtype=torch.float32)
     for k in range(shards):
         cols = slice(k * width, (k + 1) * width)
-        w_gu = torch.cat([packed["w_gu"][:, cols], packed["w_gu"][:, inter + cols.start : inter + cols.stop]], 1).contiguous()
-        w_down = packed["w_down"][cols].contiguous()
+        w_gu, w_down = _mlp_shard_weights(packed, inter, cols)
         for g in split.mlp_groups:
             r = rows(g)
             rt = resid[r]
@@ -608,10 +613,7 @@ def prefill(
         result = run_job(target, "prefill", inputs, registry=reg, keep=keep and len(chunks) == 1, verify_passes=verify_passes)
         o = result.outputs
         _collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
-        offset = 0
-        for i, n_tok in enumerate(part):
-            out[chunk.start + i, :n_tok] = o["out"][offset : offset + n_tok]
-            offset += n_tok
+        _scatter_packed(out, o["out"], part, chunk.start)
         reports.append(result.report)
         summaries.append(_chunk_summary(f"prefill sequences {chunk.start}..{chunk.stop - 1}", chunk.estimate_bytes,
                                         part, result.report, result.wall_s))

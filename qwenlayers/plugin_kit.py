@@ -39,26 +39,39 @@ REFERENCE_000_ANCHORS: dict[Phase, TilingPlan] = TilingPlan.per_phase(
 # prefill projects 64-token tiles (L0A [64, 128] bf16 = 16 KB): the weights are read once per
 # tile, so 16-token tiles capped a long prefill's cube use (docs/prefill.md; qwen3-0.6b, 128
 # tokens, a2a3sim: 1,300 -> 949 us). Decode's m tile is the batch (at most 16 rows here).
-REFERENCE_000_ANCHORS["prefill"] = replace(REFERENCE_000_ANCHORS["prefill"], cube_m=64)
+# Prefill also lets pypto's runtime stitch 128 loop iterations at once instead of 50, so the
+# attention's query tiles run side by side (TilingPlan.runtime_options; qwen3-0.6b, 2,048 tokens,
+# a5sim: 6,749 -> 3,534 us). Decode keeps pypto's 50 (no change measured).
+REFERENCE_000_ANCHORS["prefill"] = replace(REFERENCE_000_ANCHORS["prefill"], cube_m=64, stitch_loops=128)
 
 
-def derived_budgets(name: str, buffers: Buffers, *, vector_slots: int = 7, cube_slots: int = 2, source: str = "") -> Budgets:
+#: UB bytes a TILELET rule leaves beside one op's operand tiles: the row statistics and broadcast
+#: operands (RMSNorm's mean square, the softmax max and sum) and the task's other small tensors.
+UB_RESERVE_BYTES = 32 * 1024
+
+
+def derived_budgets(name: str, buffers: Buffers, *, op_tiles: int = 3, ub_reserve: int = UB_RESERVE_BYTES,
+                    cube_slots: int = 2, source: str = "") -> Budgets:
     """A target's budget set derived from its buffers: the largest powers of two such that
-    ``vector_slots`` TILELET tiles fit in UB at once (a vector stage's inputs and output,
-    double-buffered, plus one tile of row statistics or broadcast operands: 7) and
-    ``cube_slots`` TILE operand tiles fit in each of L0A and L0B (double-buffered: 2).
+    ``op_tiles`` TILELET tiles plus ``ub_reserve`` bytes fit in UB, and ``cube_slots`` TILE
+    operand tiles fit in each of L0A and L0B (double-buffered: 2).
 
-    The rule bounds what a tile may take; ``benchmarks/budget_sweep.py`` shows where the
-    gains of larger tiles stop on the target's cost model (docs/budgets.md)."""
+    Why three vector tiles: UB holds what one vector op reads and writes at once (two inputs and
+    the output of an add or a multiply). That is the bound pypto 0.2.0's own scheduler enforces:
+    its out-of-order pass allocates UB op by op and refuses an op whose inputs and output exceed
+    it (``checkOpBufferSize``: a [256, 128] fp32 add, 3 x 128 KB, is refused on the A5's 248 KB UB),
+    then orders a task's ops so that their buffers fit. The reserve keeps the small tensors that
+    stay live beside them. ``benchmarks/budget_sweep.py`` and the layer runs show where larger
+    tiles stop gaining on the target's cost model (docs/budgets.md)."""
 
     def floor_pow2(n: int) -> int:
         return 1 << (max(n, 1).bit_length() - 1)
 
-    tilelet = floor_pow2(buffers.ub // vector_slots)
+    tilelet = floor_pow2(max(buffers.ub - ub_reserve, 1) // op_tiles)
     tile = floor_pow2(min(buffers.l0a, buffers.l0b) // cube_slots)
     return Budgets(tilelet_bytes=tilelet, tile_bytes=tile, name=name,
-                   source=f"{vector_slots} TILELET tiles in UB {buffers.ub} B, {cube_slots} TILE tiles in L0A/L0B "
-                          f"{min(buffers.l0a, buffers.l0b)} B" + (f"; {source}" if source else ""))
+                   source=f"{op_tiles} TILELET tiles (one op's inputs and output) + {ub_reserve} B in UB {buffers.ub} B, "
+                          f"{cube_slots} TILE tiles in L0A/L0B {min(buffers.l0a, buffers.l0b)} B" + (f"; {source}" if source else ""))
 
 
 class TargetPlugin:

@@ -20,10 +20,12 @@ from qwenlayers.registry import get_registry
 def test_the_rule_derives_each_targets_budgets_from_its_buffers():
     small_ub = Buffers(ub=196608, l0a=65536, l0b=65536, l0c=131072, l1=524288)
     large_ub = Buffers(ub=253952, l0a=65536, l0b=65536, l0c=262144, l1=524288)
-    assert (derived_budgets("x", small_ub).tilelet_bytes, derived_budgets("x", small_ub).tile_bytes) == (16384, 32768)
-    assert derived_budgets("x", large_ub).tilelet_bytes == 32768
-    assert derived_budgets("x", large_ub, vector_slots=14).tilelet_bytes == 16384
-    assert "7 TILELET tiles in UB 253952 B" in derived_budgets("x", large_ub).source
+    # one op's three tiles + 32 KB: 3 x 64 KB + 32 KB = 224 KB fits the A5's 248 KB UB, not the a2a3's 192 KB
+    assert (derived_budgets("x", small_ub).tilelet_bytes, derived_budgets("x", small_ub).tile_bytes) == (32768, 32768)
+    assert derived_budgets("x", large_ub).tilelet_bytes == 65536
+    assert derived_budgets("x", large_ub, op_tiles=6).tilelet_bytes == 32768
+    assert derived_budgets("x", large_ub, ub_reserve=64 * 1024).tilelet_bytes == 32768
+    assert "3 TILELET tiles (one op's inputs and output) + 32768 B in UB 253952 B" in derived_budgets("x", large_ub).source
 
 
 def test_every_platform_offers_its_own_set_first_and_pypto_lib():

@@ -13,7 +13,7 @@ def test_platforms_json_lists_all_four_with_reasons():
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.output)}
     assert rows["a5sim"]["arch"] == "DAV_3510" and rows["a2a3sim"]["arch"] == "DAV_2201"
-    assert rows["a5sim"]["distribution"] == "qwenlayers-a5sim" and rows["a5sim"]["budgets"] == "a5" and rows["a5sim"]["tilelet_bytes"] == 32768
+    assert rows["a5sim"]["distribution"] == "qwenlayers-a5sim" and rows["a5sim"]["budgets"] == "a5" and rows["a5sim"]["tilelet_bytes"] == 65536
     assert [b["name"] for b in rows["a2a3sim"]["budget_sets"]] == ["a2a3", "pypto-lib"]
     for name in ("a5", "a2a3"):
         assert rows[name]["run_mode"] == "npu"

@@ -35,15 +35,17 @@ def test_32b_anchor_is_reference_000():
                           "kv_block": 4096,  # decode attention rows per loop iteration (docs/decode.md)
                           "score_cols": 128,  # decode softmax tile columns (docs/decode.md)
                           "qk_cols": 512,  # decode Q@K^T rows per cube step (docs/decode.md)
-                          "cube_merge": 2, "merge_copy_kb": 2048}  # pypto task merging (docs/decode.md)
-    # prefill differs in one value: 64-token projection tiles (docs/prefill.md)
-    assert plan("qwen3-32b", "prefill", platform="a5sim", budgets="pypto-lib").values() == {**p.values(), "cube_m": 64}
+                          "cube_merge": 2, "merge_copy_kb": 2048,  # pypto task merging (docs/decode.md)
+                          "stitch_loops": 50}  # pypto's runtime default
+    # prefill differs in two values: 64-token projection tiles, 128 stitched loop iterations (docs/prefill.md)
+    assert plan("qwen3-32b", "prefill", platform="a5sim", budgets="pypto-lib").values() == {
+        **p.values(), "cube_m": 64, "stitch_loops": 128}
     # under the target's own budgets decode keeps the same plan (the faster one measured at 32B, docs/budgets.md)
     assert plan("qwen3-32b", "decode", platform="a5sim").values() == p.values()
 
 
-@pytest.mark.parametrize(("name", "tilelet", "tile", "tok_tile", "q_head_batch"), [("a5sim", 32768, 32768, 64, 64),
-                                                                                  ("a2a3sim", 16384, 32768, 32, 32)])
+@pytest.mark.parametrize(("name", "tilelet", "tile", "tok_tile", "q_head_batch"), [("a5sim", 65536, 32768, 128, 128),
+                                                                                  ("a2a3sim", 32768, 32768, 64, 64)])
 def test_each_target_has_its_own_budgets_and_prefill_plan(name, tilelet, tile, tok_tile, q_head_batch):
     p = get_registry().get(name)
     assert (p.budgets.tilelet_bytes, p.budgets.tile_bytes) == (tilelet, tile) and p.budgets.source
@@ -180,9 +182,9 @@ def test_qk_cols_copy_whole_seq_tiles_and_split_head_dim_to_keep_the_l0_tile():
 
 def test_prefill_attention_rows_are_token_head_pairs_not_one_kv_group():
     # decode's vector tiles hold heads of one KV group (G = 2 at 0.6B); prefill's hold (token, head)
-    # rows of a query tile, so its plan keeps the anchor's 4 (64 under the a5's own budgets)
+    # rows of a query tile, so its plan keeps the anchor's 4 (128 under the a5's own budgets)
     assert plan("qwen3-0.6b", "decode", platform="a5sim").q_head_batch == 2
     assert plan("qwen3-0.6b", "prefill", platform="a5sim", budgets="pypto-lib").q_head_batch == 4
-    assert plan("qwen3-0.6b", "prefill", platform="a5sim").q_head_batch == 64
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim").q_head_batch == 128
     with pytest.raises(TilingError, match="q_head_batch=3 does not divide seq_tile x query heads per KV group=256"):
         plan("qwen3-0.6b", "prefill", platform="a5sim", overrides={"q_head_batch": 3})

@@ -334,6 +334,12 @@ def prefill_fits_one_worker(config: Qwen3Config, lens: list[int], seq_tile: int,
 #: in one program; at 4096 tokens (554M) it passed 21 GB and was killed.
 MAX_COST_MODEL_SCORES = 1 << 27
 
+#: Token x intermediate-column elements one cost-model run of a phased prefill's MLP may hold:
+#: qwen3-32b at 4096 tokens (105M, all 25,600 columns in one program) peaked at 16.5 GB, the
+#: run's peak; more elements are simulated in intermediate shards whose times are added (each
+#: shard streams its own columns of gate|up and rows of down, so the shards' sum is the whole).
+MAX_COST_MODEL_MLP = 1 << 26
+
 
 def attention_scores(config: Qwen3Config, lens: list[int], seq_tile: int, items: list[tuple[int, int]] | None = None) -> int:
     """Score elements the causal attention of ``lens`` computes in SEQ_TILE blocks (or of ``items``,
@@ -346,7 +352,8 @@ def attention_scores(config: Qwen3Config, lens: list[int], seq_tile: int, items:
 def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> PrefillSplit | None:
     """None when one cost-model run of the whole prefill fits (:data:`MAX_COST_MODEL_SCORES`);
     else the phases to simulate one after another and add up: loop A, loop B in groups of query
-    tiles under the bound, loop C to the residual, and the MLP, each over every token."""
+    tiles under the bound, loop C to the residual, and the MLP, each over every token (the MLP
+    in intermediate shards under :data:`MAX_COST_MODEL_MLP`)."""
     if attention_scores(config, lens, seq_tile) <= MAX_COST_MODEL_SCORES:
         return None
     tokens = sum(lens)
@@ -356,4 +363,7 @@ def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int
     attend = _groups(len(items), lambda a, b: attention_scores(config, lens, seq_tile, items[a:b]),
                      MAX_COST_MODEL_SCORES, "query tile of the attention in one cost-model run")
     whole = [Group(0, tiles, 0)]
-    return PrefillSplit(tt, tiles, qkv=whole, attend=attend, o_proj=whole, mlp_shards=1, mlp_groups=whole)
+    shards = 1
+    while tiles * tt * config.intermediate_size // shards > MAX_COST_MODEL_MLP and config.intermediate_size % (2 * shards * 128) == 0:
+        shards *= 2
+    return PrefillSplit(tt, tiles, qkv=whole, attend=attend, o_proj=whole, mlp_shards=shards, mlp_groups=whole)

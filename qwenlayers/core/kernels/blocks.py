@@ -43,6 +43,12 @@ def merge_tasks(pass_options: dict[str, Any]) -> None:
     pypto.set_options(pass_options=pass_options)
 
 
+def plan_jit_options(plan: Any, jit_options: dict[str, Any]) -> dict[str, Any]:
+    """``jit_options`` (the job's: run mode, verification) with the plan's runtime options
+    (:meth:`TilingPlan.runtime_options`) added to its ``runtime_options``."""
+    return {**jit_options, "runtime_options": {**plan.runtime_options(), **jit_options.get("runtime_options", {})}}
+
+
 def rms_norm_rows(x_f32: Any, weight: Any, width: int, eps: float) -> Any:
     """Golden ``rms_norm`` of fp32 rows [R, W] with a bf16 weight [1, W]: the normalised value is
     rounded to bf16 before the weight product, which is rounded again."""

@@ -279,7 +279,7 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
     t = LayerTiles(plan, cfg, b_rows)
     flash_decode = _flash_decode_fn(cfg, t, shape)
 
-    @pypto.frontend.jit(**jit_options)
+    @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_decode_layer(
         x: pypto.Tensor((b_rows, h), bf16),
         w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
@@ -337,7 +337,7 @@ def build_decode_attention(
     flash_decode = _flash_decode_fn(cfg, t, shape)
     out_dtype = bf16 if residual else fp32
 
-    @pypto.frontend.jit(**jit_options)
+    @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_decode_attention(
         x: pypto.Tensor((b_rows, h), bf16),
         w_ln1: pypto.Tensor(lay["w_ln1"], bf16),
@@ -384,7 +384,7 @@ def build_decode_mlp(config: Qwen3Config, rows: int, inter: int, plan: TilingPla
         raise ValueError(f"build_decode_mlp: rows={rows} is not a multiple of token_tile={tt}")
     t = LayerTiles(plan, cfg, tt)
 
-    @pypto.frontend.jit(**jit_options)
+    @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_decode_mlp(
         resid: pypto.Tensor((rows, h), bf16),
         w_ln2: pypto.Tensor((1, h), bf16),

@@ -98,7 +98,7 @@ def build_prefill(
                               part in ("layer", "attention", "o_proj"))
     out_dtype = fp32 if part == "attention" else bf16
 
-    @pypto.frontend.jit(**jit_options)
+    @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_prefill_layer(
         x: pypto.Tensor((n_tok, h), bf16),
         w_ln1: pypto.Tensor(lay["w_ln1"], bf16),

@@ -15,8 +15,9 @@ INI = "pypto 0.2.0 lib/configs/A2A3.ini (Ascend910B1)"
 
 BUFFERS = Buffers(ub=196608, l0a=65536, l0b=65536, l0c=131072, l1=524288, source=INI)
 CORES = Cores(cube=24, vector=48, source=INI)
-#: This target's own budget set: derived from its buffers (7 vector tiles in UB, 2 cube operand
-#: tiles in L0A/L0B) and checked against the stage sweep at qwen3-32b shapes (docs/budgets.md,
+#: This target's own budget set: derived from its buffers (one vector op's three tiles plus a
+#: 32 KB reserve in UB, 2 cube operand tiles in L0A/L0B) and checked against the stage sweep
+#: at qwen3-32b shapes and the layer runs (docs/budgets.md,
 #: benchmarks/results/budget_sweep.jsonl). pypto-lib's 2 KB / 16 KB stays available as "pypto-lib".
 BUDGETS = derived_budgets("a2a3", BUFFERS, source="stage sweep on a2a3sim, docs/budgets.md")
 HBM = Figure(1600.0, "GB/s", "Ascend 910B vendor material (HBM2e, ~1.6 TB/s), nominal, not measured")
@@ -38,11 +39,11 @@ A2A3 = Platform(
 
 #: Plans under this target's budgets (fitted to each model by derive_plan). Decode keeps the
 #: reference-000 schedule that reached 83.5 % at qwen3-32b; prefill uses the larger tiles the
-#: budgets allow (docs/prefill.md "Tiles under the target's budgets"); half the A5's vector rows (16 KB TILELET).
+#: budgets allow (docs/prefill.md "Tiles under the target's budgets"); half the A5's vector rows (32 KB TILELET).
 ANCHORS = {
     "decode": replace(REFERENCE_000_ANCHORS["decode"], source=""),
     "prefill": replace(
-        REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=32, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
-        q_head_batch=32, seq_tile=128, cube_m=128, k_l1=512,
+        REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=64, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
+        q_head_batch=64, seq_tile=128, cube_m=128, k_l1=512, stitch_loops=128,
     ),
 }

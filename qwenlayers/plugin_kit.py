@@ -42,7 +42,8 @@ REFERENCE_000_ANCHORS: dict[Phase, TilingPlan] = TilingPlan.per_phase(
 # Prefill also lets pypto's runtime stitch 128 loop iterations at once instead of 50, so the
 # attention's query tiles run side by side (TilingPlan.runtime_options; qwen3-0.6b, 2,048 tokens,
 # a5sim: 6,749 -> 3,534 us). Decode keeps pypto's 50 (no change measured).
-REFERENCE_000_ANCHORS["prefill"] = replace(REFERENCE_000_ANCHORS["prefill"], cube_m=64, stitch_loops=128)
+# Its key block is the query tile (KV_BLOCK = SEQ_TILE), as in the reference.
+REFERENCE_000_ANCHORS["prefill"] = replace(REFERENCE_000_ANCHORS["prefill"], cube_m=64, stitch_loops=128, kv_block=64)
 
 
 #: UB bytes a TILELET rule leaves beside one op's operand tiles: the row statistics and broadcast

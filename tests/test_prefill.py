@@ -12,7 +12,9 @@ import qwenlayers
 from qwenlayers import golden
 from qwenlayers.core.compare import compare
 from qwenlayers.core.config import preset
+from qwenlayers.core.tiling import fit_kv_block
 from qwenlayers.errors import InputError
+from qwenlayers.registry import get_registry
 from qwenlayers.runtime import chunking
 
 SEQ_TILE = 16
@@ -23,7 +25,7 @@ def fp32_truth(cfg, weights, hidden, seq_lens):
     return golden.prefill(cfg, w32, hidden.float(), seq_lens)[0]
 
 
-def run_and_check(platform, cfg, lens, *, seed=0, given_caches=True, cache_fill=(30.0, -7.0), **kwargs):
+def run_and_check(platform, cfg, lens, *, seed=0, given_caches=True, cache_fill=(30.0, -7.0), plan=None, **kwargs):
     gen = torch.Generator().manual_seed(seed)
     weights = qwenlayers.LayerWeights.random(cfg, seed=seed)
     b, s = len(lens), max(lens)
@@ -37,7 +39,7 @@ def run_and_check(platform, cfg, lens, *, seed=0, given_caches=True, cache_fill=
         caches = {"k_cache": torch.full(shape, cache_fill[0]).bfloat16(), "v_cache": torch.full(shape, cache_fill[1]).bfloat16()}
     before = {k: v.clone() for k, v in caches.items()}
     h0 = hidden.clone()
-    result = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=platform.name, plan={"SEQ_TILE": SEQ_TILE},
+    result = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=platform.name, plan=plan or {"SEQ_TILE": SEQ_TILE},
                                 check=True, **caches, **kwargs)
     assert torch.equal(hidden, h0)
     ref, ref_k, ref_v = golden.prefill(cfg, weights, hidden, seq_lens, max_seq=cfg.max_seq)
@@ -74,6 +76,30 @@ def test_prefill_edge_lengths_in_one_batch(runnable_platform):
     lens = [1, tok - 1, tok + 1, SEQ_TILE - 1, SEQ_TILE, SEQ_TILE + 1, 2 * SEQ_TILE + 17, cfg.max_seq]
     result = run_and_check(runnable_platform, cfg, lens)
     assert result.report.plan["seq_tile"] == SEQ_TILE
+
+
+@pytest.mark.sim
+def test_prefill_key_blocks_wider_than_the_query_tile(runnable_platform):
+    """KV_BLOCK = 4 query tiles: the diagonal sits at each of the 4 positions of a key block, and
+    sequences end at every kind of block edge (the mask picked per position, valid_shape past the end)."""
+    cfg = preset("tiny-mha")  # MAX_SEQ 128
+    kb = 4 * SEQ_TILE
+    lens = [1, SEQ_TILE + 1, 2 * SEQ_TILE + 3, kb - 1, kb, kb + 1, kb + 3 * SEQ_TILE - 5, cfg.max_seq]
+    result = run_and_check(runnable_platform, cfg, lens, seed=4, plan={"SEQ_TILE": SEQ_TILE, "KV_BLOCK": kb})
+    assert (result.report.plan["seq_tile"], result.report.plan["kv_block"]) == (SEQ_TILE, kb)
+
+
+def test_a_prefill_key_block_follows_the_longest_sequence():
+    """The plugin's KV_BLOCK drops to the query tile when every sequence fits one key block (no
+    masked work), and stays when a sequence is longer; a user's value is kept."""
+    pre = qwenlayers.plan("qwen3-0.6b", "prefill", platform="a5sim")
+    assert pre.kv_block == 4 * pre.seq_tile
+    cfg, reg = preset("qwen3-0.6b"), get_registry()
+    target = reg.get("a5sim")
+    assert fit_kv_block(pre, [128, 300], cfg, target).kv_block == pre.seq_tile
+    assert fit_kv_block(pre, [128, 3000], cfg, target).kv_block == pre.kv_block
+    user = pre.with_overrides({"kv_block": 512})
+    assert fit_kv_block(user, [128], cfg, target).kv_block == 512
 
 
 @pytest.mark.sim

@@ -37,9 +37,10 @@ def test_32b_anchor_is_reference_000():
                           "qk_cols": 512,  # decode Q@K^T rows per cube step (docs/decode.md)
                           "cube_merge": 2, "merge_copy_kb": 2048,  # pypto task merging (docs/decode.md)
                           "stitch_loops": 50}  # pypto's runtime default
-    # prefill differs in two values: 64-token projection tiles, 128 stitched loop iterations (docs/prefill.md)
+    # prefill: 64-token projection tiles, 128 stitched loop iterations, the key block is the
+    # query tile (SCORE_COLS / QK_COLS, decode-only fields, follow it down) (docs/prefill.md)
     assert plan("qwen3-32b", "prefill", platform="a5sim", budgets="pypto-lib").values() == {
-        **p.values(), "cube_m": 64, "stitch_loops": 128}
+        **p.values(), "cube_m": 64, "stitch_loops": 128, "kv_block": 64, "score_cols": 64, "qk_cols": 64}
     # under the target's own budgets decode keeps the same plan (the faster one measured at 32B, docs/budgets.md)
     assert plan("qwen3-32b", "decode", platform="a5sim").values() == p.values()
 
@@ -123,7 +124,9 @@ def test_the_default_kv_block_shrinks_to_the_longest_sequence_of_the_call():
     assert plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=5).score_cols == 64  # follows KV_BLOCK down
     user = plan("qwen3-0.6b", "decode", platform="a5sim", batch=4, seq_len=128, overrides={"kv_block": 2048})
     assert user.kv_block == 2048 and user.origin_of("kv_block") == "user"  # a user value is kept
-    assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=128).kv_block == 4096  # decode only
+    # prefill: the key block drops to the query tile when one key block holds every sequence
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=128).kv_block == 128
+    assert plan("qwen3-0.6b", "prefill", platform="a5sim", batch=1, seq_len=2048).kv_block == 512
 
 
 def test_row_vector_tiles_keep_the_plan_tile_bytes_and_divide_the_row():

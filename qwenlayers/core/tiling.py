@@ -29,7 +29,8 @@ TILE_FIELDS: dict[str, str] = {
     "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
     "q_head_batch": "decode: query heads of one KV group per attention vector tile; prefill: (token, query head) rows of one",
     "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
-    "kv_block": "decode: KV-cache rows per attention loop iteration (a multiple of seq_tile)",
+    "kv_block": "KV rows per attention loop iteration (a multiple of seq_tile); prefill: the key block, "
+                "whole query tiles of keys",
     "score_cols": "decode: attention-score columns per softmax vector tile (a multiple of seq_tile dividing kv_block)",
     "qk_cols": "decode: KV-cache rows per Q@K^T cube step, copied into L1 at once (seq_tile x 2^j dividing kv_block; "
                "head_dim splits so the L0 K tile keeps seq_tile x head_dim elements)",
@@ -95,7 +96,8 @@ class TilingPlan:
     @property
     def attention_block(self) -> int:
         """K/V rows one attention loop iteration covers: ``kv_block`` in decode (split into
-        ``seq_tile`` tiles inside the iteration), ``seq_tile`` in prefill (query tile = key block)."""
+        ``seq_tile`` tiles inside the iteration), ``seq_tile`` in prefill (the cache is written per
+        query tile; its KV_BLOCK key blocks read the packed workspaces)."""
         return self.kv_block if self.phase == "decode" else self.seq_tile
 
     @property
@@ -371,16 +373,21 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
 
 
 def fit_kv_block(plan: TilingPlan, lens: list[int], config: Qwen3Config, platform: Platform) -> TilingPlan:
-    """A decode plan's KV_BLOCK halved while one iteration still covers the longest sequence.
+    """A plan's KV_BLOCK halved while one iteration still covers the longest sequence.
 
     The cost of an attention iteration follows its block size, not the rows ``valid_shape``
-    keeps (measured: qwen3-0.6b, one sequence of 128, KV_BLOCK 4096 simulated 356 us and
-    compiled 23 s; KV_BLOCK 128, 167 us and 4 s), so a block longer than every sequence of
-    the call only costs. Applied to the plugin's value, never to a user or tuned one (nor
+    keeps (measured: qwen3-0.6b, one sequence of 128, decode KV_BLOCK 4096 simulated 356 us and
+    compiled 23 s; KV_BLOCK 128, 167 us and 4 s; prefill key block 512, 265 us; 128, 200 us), so
+    a block longer than every sequence of the call only costs. Applied to the plugin's value, never to a user or tuned one (nor
     below a user or tuned SCORE_COLS or QK_COLS); the plugin's SCORE_COLS and QK_COLS then follow it."""
-    if plan.phase == "decode" and lens and plan.refittable("kv_block"):
+    if lens and plan.refittable("kv_block"):
         fixed_cols = max([1] + [getattr(plan, n) for n in ("score_cols", "qk_cols") if not plan.refittable(n)])
-        kb, floor = plan.kv_block, max(max(lens), plan.seq_tile, fixed_cols)
+        longest, kb = max(lens), plan.kv_block
+        floor = max(longest, plan.seq_tile, fixed_cols)
+        if plan.phase == "prefill" and longest <= kb:
+            # every sequence inside one key block: query-tile key blocks do no masked work and
+            # their chains are at most KV_BLOCK / SEQ_TILE long (0.6B, 512 tokens: 340 us, not 368)
+            floor = max(plan.seq_tile, fixed_cols)
         while kb // 2 >= floor and (kb // 2) % plan.seq_tile == 0:
             kb //= 2
         if kb != plan.kv_block:

@@ -172,7 +172,8 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
     out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention" else x.dtype)
     kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
     head = [x, *(w[name] for name in decode_weight_layout(cfg)),
-            cos.contiguous(), sin.contiguous(), kc, vc, work, causal_mask(plan.seq_tile, cfg.group_size)]
+            cos.contiguous(), sin.contiguous(), kc, vc, work,
+            causal_mask(plan.seq_tile, cfg.group_size, None if reference else plan.kv_block)]
     if reference:
         if part != "layer":
             raise ValueError("the reference schedule is built as the whole layer only (part=layer)")

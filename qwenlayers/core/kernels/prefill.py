@@ -10,11 +10,14 @@ A. token tiles of ``cube_m`` rows: input RMSNorm, Q, K and V projections, q_norm
 B. work items, one per (sequence, query tile of SEQ_TILE tokens), listed by the host from
    ``seq_lens`` (so a short sequence in a long batch costs only its own tiles): write the
    tile's K/V rows into the cache (rows 0..seq_len-1 only, via ``valid_shape``), then causal
-   GQA flash attention over key blocks 0..qt with online softmax. The query tile and the key
-   block are the same size, so only the last block (the diagonal) needs the causal mask; it
-   is picked by a symbolic view offset (zero mask for earlier blocks), and the online-softmax
-   state is carried across every block up to the diagonal — the cross-block reduction that
-   pypto-lib reference 004 skipped cannot be skipped here because the trip count *is* qt+1.
+   GQA flash attention over key blocks of KV_BLOCK rows (whole query tiles) with online
+   softmax, up to the block that holds the diagonal. Only that last block needs the causal
+   mask; the host passes one mask per position of the query tile inside a key block, and a
+   symbolic view offset picks it (zeros for earlier blocks). The online-softmax state is
+   carried across every block up to the diagonal — the cross-block reduction that pypto-lib
+   reference 004 skipped cannot be skipped here because the trip count *is* the block count.
+   A key block wider than the query tile shortens that dependent chain (qt // (KV_BLOCK /
+   SEQ_TILE) + 1 iterations instead of qt + 1) for a few masked columns on the diagonal block.
    Rows past seq_len are excluded by ``valid_shape`` on the key/value blocks and queries;
 C. token tiles again: o_proj (reduction point 1), residual, post-attention RMSNorm, gate|up,
    SiLU·up, down_proj (reduction point 2), residual.
@@ -69,8 +72,8 @@ def build_prefill(
 
     Arguments: x [T, H], the :func:`decode_weight_layout` tensors, cos/sin [T, 1, D] fp32,
     k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b),
-    work [NW, 4] int32 (:data:`WORK_COLUMNS`), mask [2*ST*G, ST] fp32 (zeros, then the causal
-    mask of a diagonal block with rows ordered (token, group head)), workspaces q [T, NH*D],
+    work [NW, 4] int32 (:data:`WORK_COLUMNS`), mask [(1 + KB/ST)*ST*G, KB] fp32
+    (:func:`causal_mask`), workspaces q [T, NH*D],
     k [T, KVH*D], v [T, KVH*D], attn [T, NH*D], and out [T, H].
     """
     import pypto
@@ -85,6 +88,8 @@ def build_prefill(
     n_tiles = n_tok // tt
     t = LayerTiles(plan, cfg, tt)
     st, qhb, scale = plan.seq_tile, plan.q_head_batch, d**-0.5
+    kb = plan.kv_block  # key rows per attention iteration: whole query tiles (per_blk of them)
+    per_blk = kb // st
     qrows = st * g  # query rows of one KV head in one query tile, ordered (token, group head)
     cube_m = min(plan.cube_m, qrows)
     # Attention vector tiles: the softmax runs in [srows, SEQ_TILE] tiles of the elements of the
@@ -115,7 +120,7 @@ def build_prefill(
         k_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
         v_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
         work: pypto.Tensor((nw, len(WORK_COLUMNS)), i32),
-        mask: pypto.Tensor((2 * qrows, st), fp32),
+        mask: pypto.Tensor(((1 + per_blk) * qrows, kb), fp32),
         q_ws: pypto.Tensor((n_tok, qw), bf16),
         k_ws: pypto.Tensor((n_tok, kw), bf16),
         v_ws: pypto.Tensor((n_tok, kw), bf16),
@@ -142,6 +147,9 @@ def build_prefill(
             off = work[wi, 2]
             qt = work[wi, 3]
             qvalid = (length - qt * st).min(st)
+            n_blk = qt // per_blk + 1  # key blocks up to and including the one holding the diagonal
+            # mask block of the last key block: 1 + the query tile's position inside it (0 elsewhere)
+            diag = 1 + qt - (qt // per_blk) * per_blk
             for hk in range(kvh):
                 base = (b * kvh + hk) * rows
                 pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], k_cache)
@@ -152,16 +160,16 @@ def build_prefill(
                 acc = pypto.tensor([qrows, d], fp32, "acc")
                 m_i = pypto.tensor([qrows, 1], fp32, "m_i")
                 l_i = pypto.tensor([qrows, 1], fp32, "l_i")
-                for blk in pypto.loop(qt + 1, name="LOOP_kv", idx_name="blk"):
-                    kvalid = (length - blk * st).min(st)
-                    kb = pypto.view(k_ws, [st, d], [off + blk * st, hk * d], valid_shape=[kvalid, d])
-                    vb = pypto.view(v_ws, [st, d], [off + blk * st, hk * d], valid_shape=[kvalid, d])
+                for blk in pypto.loop(n_blk, name="LOOP_kv", idx_name="blk"):
+                    kvalid = (length - blk * kb).min(kb)
+                    kv_k = pypto.view(k_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
+                    kv_v = pypto.view(v_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
                     pypto.set_cube_tile_shapes([cube_m, cube_m], [d, d], [st, st])
-                    s = pypto.matmul(qv, kb, fp32, b_trans=True)  # [ST*G, ST]
-                    s = pypto.view(s, [qrows, st], [0, 0], valid_shape=[qrows, kvalid])
+                    s = pypto.matmul(qv, kv_k, fp32, b_trans=True)  # [ST*G, KB]
+                    s = pypto.view(s, [qrows, kb], [0, 0], valid_shape=[qrows, kvalid])
                     pypto.set_vec_tile_shapes(srows, st)
-                    # (blk + 1) // (qt + 1) is 1 on the diagonal block only: the causal half of `mask`
-                    mk = pypto.view(mask, [qrows, st], [((blk + 1) // (qt + 1)) * qrows, 0], valid_shape=[qrows, kvalid])
+                    # (blk + 1) // n_blk is 1 on the last block only: its causal mask, zeros before it
+                    mk = pypto.view(mask, [qrows, kb], [((blk + 1) // n_blk) * diag * qrows, 0], valid_shape=[qrows, kvalid])
                     s = s * scale + mk
                     m_blk = pypto.amax(s, -1, keepdim=True)
                     if pypto.is_loop_begin(blk):
@@ -169,7 +177,7 @@ def build_prefill(
                         l_i[:] = pypto.sum(p, -1, keepdim=True)
                         m_i[:] = m_blk
                         pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                        o = pypto.matmul(pypto.cast(p, bf16), vb, fp32)
+                        o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
                         pypto.set_vec_tile_shapes(qhb, d)
                         acc[:] = o
                     else:
@@ -179,7 +187,7 @@ def build_prefill(
                         l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
                         m_i[:] = m_new
                         pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                        o = pypto.matmul(pypto.cast(p, bf16), vb, fp32)
+                        o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
                         pypto.set_vec_tile_shapes(qhb, d)
                         acc[:] = acc * alpha + o
                     if pypto.is_loop_end(blk):
@@ -218,12 +226,13 @@ def token_tile(plan: TilingPlan, tokens: int) -> int:
 
 def padded_tokens(plan: TilingPlan, lens: list[int]) -> int:
     """Packed rows the host passes: enough that every query tile and key block view of the last
-    sequence stays inside the workspaces (views are SEQ_TILE rows; ``valid_shape`` marks the
-    real ones), rounded up to whole token tiles so loops A and C need no partial tiles. The
-    padding rows are computed and dropped."""
+    sequence stays inside the workspaces (views are SEQ_TILE or KV_BLOCK rows; ``valid_shape``
+    marks the real ones), rounded up to whole token tiles so loops A and C need no partial
+    tiles. The padding rows are computed and dropped."""
     need, offset = 0, 0
+    block = max(plan.seq_tile, plan.kv_block)
     for n in lens:
-        need = max(need, offset + -(-n // plan.seq_tile) * plan.seq_tile)
+        need = max(need, offset + -(-n // block) * block)
         offset += n
     tt = token_tile(plan, need)
     return -(-need // tt) * tt
@@ -238,9 +247,16 @@ def work_items(lens: list[int], seq_tile: int) -> list[list[int]]:
     return items
 
 
-def causal_mask(seq_tile: int, group: int) -> Any:
-    """[2*ST*G, ST] fp32: zeros, then the diagonal block's mask with rows ordered (token, head)."""
+def causal_mask(seq_tile: int, group: int, key_block: int | None = None) -> Any:
+    """[(1 + KB/ST) * ST*G, KB] fp32, rows ordered (token, group head): zeros (a key block before
+    the diagonal), then for each position j of the query tile inside a key block (its first
+    token at key column j*ST) the mask of that block: key column c is kept for token t when
+    c <= j*ST + t. ``key_block`` defaults to the query tile (the reference schedule's [2*ST*G, ST])."""
     import torch
 
-    tri = torch.triu(torch.full((seq_tile, seq_tile), -1e30), 1).repeat_interleave(group, 0)
-    return torch.cat([torch.zeros(seq_tile * group, seq_tile), tri]).float().contiguous()
+    kb = key_block or seq_tile
+    t = torch.arange(seq_tile).repeat_interleave(group)[:, None]
+    c = torch.arange(kb)[None, :]
+    parts = [torch.zeros(seq_tile * group, kb)]
+    parts += [torch.where(c <= j * seq_tile + t, 0.0, -1e30) for j in range(kb // seq_tile)]
+    return torch.cat(parts).float().contiguous()

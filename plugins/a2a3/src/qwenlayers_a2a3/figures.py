@@ -44,6 +44,6 @@ ANCHORS = {
     "decode": replace(REFERENCE_000_ANCHORS["decode"], source=""),
     "prefill": replace(
         REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=64, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
-        q_head_batch=64, seq_tile=128, cube_m=128, k_l1=512, stitch_loops=128,
+        q_head_batch=64, seq_tile=128, cube_m=128, k_l1=512, stitch_loops=128, kv_block=512,
     ),
 }

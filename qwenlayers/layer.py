@@ -590,7 +590,7 @@ def prefill(
         say(f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
         return run_job(target, "prefill", job_inputs(0, batch)[0], registry=reg, values=False, keep=keep)
 
-    phases = phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m) if schedule == "fused" else None
+    phases = phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk) if schedule == "fused" else None
     if not values and phases is None:
         return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run(), schedule)
     if phases is not None:  # too long for one cost-model run: its timing comes from the phases

@@ -28,7 +28,7 @@ TILE_FIELDS: dict[str, str] = {
     "kv_out_chunk": "key/value-projection output columns per step",
     "mlp_out_chunk": "gate/up output columns (and down-projection rows) per step",
     "q_head_batch": "decode: query heads of one KV group per attention vector tile; prefill: (token, query head) rows of one",
-    "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile and key block",
+    "seq_tile": "KV-cache rows per attention tile (cube/vector); prefill: also the query tile",
     "kv_block": "KV rows per attention loop iteration (a multiple of seq_tile); prefill: the key block, "
                 "whole query tiles of keys",
     "score_cols": "decode: attention-score columns per softmax vector tile (a multiple of seq_tile dividing kv_block)",

@@ -112,6 +112,15 @@ def _greedy_chunks(lens: list[int], cost: Callable[[list[int]], int], limit: int
     return chunks
 
 
+def _halve_mlp(inter: int, mlp_step: int, too_big: Callable[[int], bool]) -> int:
+    """Intermediate shards of an MLP: doubled while ``too_big(shards)`` and the halved width
+    stays a multiple of ``mlp_step`` (the granule an MLP shard's width must be a multiple of)."""
+    shards = 1
+    while too_big(shards) and inter % (2 * shards * mlp_step) == 0:
+        shards *= 2
+    return shards
+
+
 def split_decode(config: Qwen3Config, lens: list[int], block: int, mlp_step: int, *, budget: int | None = None) -> DecodeSplit:
     """Cut a checked decode run so every worker's estimate stays under the budget where it
     can. ``mlp_step`` is the granule an MLP shard's width must be a multiple of."""
@@ -120,9 +129,7 @@ def split_decode(config: Qwen3Config, lens: list[int], block: int, mlp_step: int
     if estimate(config, longest, block, part="layer") <= limit:
         return DecodeSplit("layer", _greedy_chunks(lens, lambda part: estimate(config, part, block, part="layer"), limit))
     inter = config.intermediate_size
-    shards = 1
-    while mlp_estimate(config, inter // shards) > limit and inter % (2 * shards * mlp_step) == 0:
-        shards *= 2
+    shards = _halve_mlp(inter, mlp_step, lambda n: mlp_estimate(config, inter // n) > limit)
     chunks = _greedy_chunks(lens, lambda part: estimate(config, part, block, part="attention"), limit)
     return DecodeSplit("attention", chunks, shards, mlp_estimate(config, inter // shards))
 
@@ -349,7 +356,8 @@ def attention_scores(config: Qwen3Config, lens: list[int], seq_tile: int, items:
     return sum((q + 1) * per_block for _, q in items)
 
 
-def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> PrefillSplit | None:
+def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int,
+                             mlp_step: int) -> PrefillSplit | None:
     """None when one cost-model run of the whole prefill fits (:data:`MAX_COST_MODEL_SCORES`);
     else the phases to simulate one after another and add up: loop A, loop B in groups of query
     tiles under the bound, loop C to the residual, and the MLP, each over every token (the MLP
@@ -363,7 +371,6 @@ def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int
     attend = _groups(len(items), lambda a, b: attention_scores(config, lens, seq_tile, items[a:b]),
                      MAX_COST_MODEL_SCORES, "query tile of the attention in one cost-model run")
     whole = [Group(0, tiles, 0)]
-    shards = 1
-    while tiles * tt * config.intermediate_size // shards > MAX_COST_MODEL_MLP and config.intermediate_size % (2 * shards * 128) == 0:
-        shards *= 2
+    shards = _halve_mlp(config.intermediate_size, mlp_step,
+                        lambda n: tiles * tt * config.intermediate_size // n > MAX_COST_MODEL_MLP)
     return PrefillSplit(tt, tiles, qkv=whole, attend=attend, o_proj=whole, mlp_shards=shards, mlp_groups=whole)

@@ -559,10 +559,10 @@ def prefill(
         chunks = []
     elif schedule == "reference":  # one worker or none, as in decode
         chunks = [Chunk(0, len(lens), check_reference_fits(run_cfg, the_plan, "prefill", lens))]
-    elif prefill_fits_one_worker(run_cfg, lens, st, the_plan.cube_m):
-        chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m)
+    elif prefill_fits_one_worker(run_cfg, lens, st, the_plan.cube_m, kv_block=the_plan.kv_block):
+        chunks = prefill_chunks(run_cfg, lens, st, the_plan.cube_m, kv_block=the_plan.kv_block)
     else:  # a sequence too big for one worker: one program per loop and group (refused up front if even that is over)
-        split = split_prefill(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk)
+        split = split_prefill(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk, kv_block=the_plan.kv_block)
         chunks = [Chunk(0, len(lens), 0)]
 
     from qwenlayers.runtime.worker import run_job

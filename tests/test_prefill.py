@@ -169,7 +169,8 @@ def test_prefill_then_decode_steps_match_golden_prefill_and_decode(runnable_plat
 def test_prefill_over_budget_runs_sequences_in_separate_workers(runnable_platform, monkeypatch):
     cfg = preset("tiny-mha")
     plan = qwenlayers.plan(cfg, "prefill", platform=runnable_platform.name, overrides={"SEQ_TILE": SEQ_TILE})
-    longest = chunking.prefill_estimate(cfg, [40], SEQ_TILE, plan.cube_m)
+    plan = fit_kv_block(plan, [3, 40, 9], cfg, get_registry().select(runnable_platform.name))
+    longest = chunking.prefill_estimate(cfg, [40], SEQ_TILE, plan.cube_m, plan.kv_block)
     monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", str((longest + 1) / chunking.GIB))
     result = run_and_check(runnable_platform, cfg, [3, 40, 9], seed=5)
     assert len(result.report.chunks) > 1 and result.report.timing_from == "whole-batch cost-model run"
@@ -250,11 +251,18 @@ def test_a_prefill_too_big_for_one_worker_runs_in_parts_and_matches(runnable_pla
 
 
 def test_the_split_is_sized_by_the_worker_budget_and_refuses_what_cannot_fit():
-    big = preset("qwen3-32b").with_max_seq(1024)
-    split = chunking.split_prefill(big, [1024], 128, 128, 128, budget=10 * chunking.GIB)
-    assert split.tiles == 8 and split.mlp_shards >= 2
+    big = preset("qwen3-32b").with_max_seq(4096)
+    split = chunking.split_prefill(big, [1024], 128, 128, 128, kv_block=512, budget=10 * chunking.GIB)
+    assert split.tiles == 8 and split.mlp_shards >= 2 and len(split.attend) >= 3
     assert max(g.estimate_bytes for part in (split.qkv, split.attend, split.o_proj, split.mlp_groups) for g in part) <= 10 * chunking.GIB
-    assert not chunking.prefill_fits_one_worker(big, [1024], 128, 128, budget=10 * chunking.GIB)
+    assert not chunking.prefill_fits_one_worker(big, [1024], 128, 128, kv_block=512, budget=10 * chunking.GIB)
+    # loop B's calls capture all its tensor arguments, the causal mask among them: wider key
+    # blocks mean a bigger mask per call (a 32B 1,024-token attention worker estimated at 7.7 GB
+    # without it peaked past 21.6 GB)
+    items = [(1024, q) for q in range(8)]
+    assert chunking._attention_loop_capture(big, [1024], 128, 512, items[:1]) > chunking._attention_loop_capture(big, [1024], 128, 128, items[:1])
+    with pytest.raises(InputError, match=r"query tile of the attention"):  # whole 4096-token workspaces per call
+        chunking.split_prefill(big, [4096], 128, 128, 128, kv_block=512, budget=10 * chunking.GIB)
     with pytest.raises(InputError, match=r"still needs about .* GB for one .*budget is 1.0 GB"):
         chunking.split_prefill(big, [1024], 128, 128, 128, budget=1 * chunking.GIB)
 

@@ -41,6 +41,10 @@ BASE_BYTES = int(0.6 * GIB)  # Python, torch, pypto, the calculator (~0.35 GB) p
 # The cost model's own memory grows with the task count, i.e. with tokens x layer size: qwen3-0.6b
 # prefill cost-model runs peaked at 3.5 / 5.1 / 8.7 GB for 128 / 256 / 512 tokens.
 PREFILL_SIM_FACTOR = 0.45
+# Prefill loop B keeps about this many copies of all its tensor arguments per query tile and KV
+# head, and per key-block iteration (:func:`_attention_loop_capture`; fitted 2.1 / 1.5, plus 20 %).
+ITEM_CAPTURE = 2.5
+BLOCK_CAPTURE = 1.8
 
 
 def budget_bytes() -> int:
@@ -134,30 +138,51 @@ def split_decode(config: Qwen3Config, lens: list[int], block: int, mlp_step: int
     return DecodeSplit("attention", chunks, shards, mlp_estimate(config, inter // shards))
 
 
-def prefill_estimate(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int) -> int:
+def _attention_loop_capture(config: Qwen3Config, lens: list[int], seq_tile: int, kv_block: int,
+                            items: list[tuple[int, int]]) -> int:
+    """Bytes the interpreter keeps for prefill loop B over ``items`` ((length, query tile) pairs).
+
+    Loop B's calls take the whole packed q/k/v/attn workspaces, the caches and the causal mask
+    as inputs, so each call's capture is about the bytes of all of them (``unit``), whatever
+    rows it views: per query tile, once per KV head (the head loop is unrolled in the body);
+    per key-block iteration, once more. Fitted on checked qwen3-0.6b prefills of 1,024 tokens
+    split into attention workers of 1, 2 and 4 query tiles (1.71 / 2.49 / 3.13 GB peak):
+    :data:`ITEM_CAPTURE` and :data:`BLOCK_CAPTURE` units, with a 20 % margin. The earlier model
+    (K/V workspaces per iteration) missed the mask, which KV_BLOCK-wide key blocks made
+    (1 + KB/ST) * ST*G * KB fp32: 10.5 MB at qwen3-32b, and a 32B 1,024-token attention worker
+    estimated at 7.7 GB was killed at 21.6 GB."""
+    kb = kv_block or seq_tile
+    per_blk, kvh = kb // seq_tile, config.num_key_value_heads
+    tokens = sum(lens)
+    cache = 2 * len(lens) * kvh * cache_rows_needed(lens, seq_tile) * config.head_dim * 2
+    mask = (1 + per_blk) * seq_tile * config.group_size * kb * 4
+    unit = tokens * (2 * config.q_width + 2 * config.kv_width) * 2 + cache + mask
+    calls = sum(kvh * (q // per_blk + 1) for _, q in items)
+    return int(unit * (ITEM_CAPTURE * kvh * len(items) + BLOCK_CAPTURE * calls))
+
+
+def prefill_estimate(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, kv_block: int = 0) -> int:
     """Estimated peak bytes of one worker computing prefill values for sequences ``lens``.
 
     The projection loops run once per token tile, and each call captures the whole weights
-    and activations it views; the attention loop captures the K/V workspaces and caches per
-    block iteration."""
-    h, d, kvh = config.hidden_size, config.head_dim, config.num_key_value_heads
+    and activations it views; the attention loop as :func:`_attention_loop_capture`."""
+    h = config.hidden_size
     tokens = sum(lens)
     tiles = -(-tokens // token_tile)
     act = tokens * (2 * h + 2 * config.q_width + 2 * config.kv_width) * 2  # x, out, q, attn, k, v workspaces
-    kv_ws = tokens * 2 * config.kv_width * 2  # what a key-block iteration views: the K and V workspaces
-    cache = 2 * len(lens) * kvh * cache_rows_needed(lens, seq_tile) * d * 2
-    work = sum(-(-n // seq_tile) for n in lens)
-    blocks = sum(kvh * (q + 1) for n in lens for q in range(-(-n // seq_tile)))
-    captured = tiles * (config.weight_bytes() + act) + work * (act + cache) + blocks * kv_ws
+    items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
+    captured = CAPTURE_FACTOR * tiles * (config.weight_bytes() + act)
+    attention = _attention_loop_capture(config, lens, seq_tile, kv_block, items)
     simulated = PREFILL_SIM_FACTOR * tokens * config.weight_bytes()
-    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + CAPTURE_FACTOR * captured + simulated)
+    return int(BASE_BYTES + WEIGHT_FACTOR * config.weight_bytes() + captured + attention + simulated)
 
 
-def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *, budget: int | None = None) -> list[Chunk]:
+def prefill_chunks(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *, kv_block: int = 0,
+                   budget: int | None = None) -> list[Chunk]:
     """Contiguous chunks of sequences under the budget. A sequence that alone exceeds it is
     refused: its prefill is one program and cannot be cut further here."""
     limit = budget_bytes() if budget is None else budget
-    chunks = _greedy_chunks(lens, lambda part: prefill_estimate(config, part, seq_tile, token_tile), limit)
+    chunks = _greedy_chunks(lens, lambda part: prefill_estimate(config, part, seq_tile, token_tile, kv_block), limit)
     for chunk in chunks:
         if chunk.estimate_bytes > limit:  # only a lone sequence can be over: a chunk grows only while it fits
             raise InputError(
@@ -276,7 +301,7 @@ def _groups(units: int, cost: Callable[[int, int], int], limit: int, what: str) 
 
 
 def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, mlp_step: int, *,
-                  budget: int | None = None) -> PrefillSplit:
+                  kv_block: int = 0, budget: int | None = None) -> PrefillSplit:
     """Cut a checked prefill into per-loop programs whose estimates stay under the budget.
 
     Each estimate is the fused-prefill model of :func:`prefill_estimate` restricted to one loop:
@@ -294,13 +319,10 @@ def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_til
         return lambda a, b: int(BASE_BYTES + full + WEIGHT_FACTOR * weights + CAPTURE_FACTOR * (b - a) * (weights + act))
 
     items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
-    kv_ws = tokens * 2 * config.kv_width * 2
     all_act = _tile_act_bytes(config, tokens)
-    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, seq_tile) * config.head_dim * 2
 
     def attend_cost(a: int, b: int) -> int:
-        blocks = sum(config.num_key_value_heads * (q + 1) for _, q in items[a:b])
-        return int(BASE_BYTES + full + 2 * all_act + CAPTURE_FACTOR * ((b - a) * (all_act + cache) + blocks * kv_ws))
+        return int(BASE_BYTES + full + 2 * all_act + _attention_loop_capture(config, lens, seq_tile, kv_block, items[a:b]))
 
     # the MLP: the intermediate shards and token groups that need the fewest workers
     inter, best = config.intermediate_size, None
@@ -329,10 +351,10 @@ def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_til
 
 
 def prefill_fits_one_worker(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *,
-                            budget: int | None = None) -> bool:
+                            kv_block: int = 0, budget: int | None = None) -> bool:
     """Whether every sequence alone fits one worker's fused prefill (else the run is split by loops)."""
     limit = budget_bytes() if budget is None else budget
-    return all(prefill_estimate(config, [n], seq_tile, token_tile) <= limit for n in lens)
+    return all(prefill_estimate(config, [n], seq_tile, token_tile, kv_block) <= limit for n in lens)
 
 
 #: Attention score elements (sum over (query tile, key block) iterations of query rows x key

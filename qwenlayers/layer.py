@@ -8,8 +8,11 @@ other cache row is an error, not a silent corruption.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +37,8 @@ from qwenlayers.runtime.chunking import (
     split_decode,
     split_prefill,
 )
+from qwenlayers.runtime.paths import cache_dir
+from qwenlayers.runtime.traces import join_traces
 
 Progress = Callable[[str], None]
 
@@ -281,7 +286,7 @@ def _scatter_packed(out: torch.Tensor, packed_rows: torch.Tensor, lens: list[int
 
 def _prefill_in_parts(
     target: Platform, reg: PlatformRegistry, inputs: dict[str, Any], split: PrefillSplit, reports: list[dict[str, Any]],
-    summaries: list[dict[str, Any]], say: Progress, verify_passes: bool, values: bool = True,
+    summaries: list[dict[str, Any]], say: Progress, verify_passes: bool, values: bool = True, keep: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A checked prefill of ``inputs`` (one chunk's packed tokens) as one program per loop and
     group (:class:`~qwenlayers.runtime.chunking.PrefillSplit`): loop A per group of token tiles,
@@ -292,7 +297,8 @@ def _prefill_in_parts(
     one-program prefill job returns: out [T, H] and the caches.
 
     ``values=False`` runs the same programs on the cost model only (a prefill too long for one
-    cost-model run): the outputs are then meaningless, the reports are what counts."""
+    cost-model run): the outputs are then meaningless, the reports are what counts; ``keep``
+    keeps each program's run folder (its trace, for :func:`_phased_timing` to join)."""
     from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
     from qwenlayers.runtime.worker import run_job
 
@@ -308,8 +314,8 @@ def _prefill_in_parts(
         nonlocal done
         done += 1
         say(f"prefill in parts, {'worker' if values else 'cost-model phase'} {done}/{total}: {what}")
-        result = run_job(target, kind, job_inputs, registry=reg, verify_passes=verify_passes, values=values)
-        reports.append(result.report)
+        result = run_job(target, kind, job_inputs, registry=reg, verify_passes=verify_passes, values=values, keep=keep)
+        reports.append({**result.report, "phase_name": what})
         summaries.append(_chunk_summary(what, estimate, lens, result.report, result.wall_s))
         return result.outputs
 
@@ -361,22 +367,34 @@ def _prefill_in_parts(
 
 
 def _phased_timing(target: Platform, reg: PlatformRegistry, inputs: dict[str, Any], phases: PrefillSplit,
-                   say: Progress) -> dict[str, Any]:
+                   say: Progress, keep: bool = False) -> dict[str, Any]:
     """The timing of a prefill too long for one cost-model run: its phases (loop A, loop B in
     groups of query tiles, loop C, the MLP) simulated one after another, their µs, cycles and
     tasks added. In the one program the loops also run one after another (each reads what the
     previous wrote), so the sum is the one-program figure less the little overlap at the loop
-    boundaries (docs/prefill.md measures it where both run)."""
+    boundaries (docs/prefill.md measures it where both run). ``keep`` joins the phases' Perfetto
+    traces end to end into one (runtime/traces.py) in a run folder of its own; the phases' own
+    folders (~1 GB each at qwen3-32b) are then removed."""
     reports: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
-    _prefill_in_parts(target, reg, inputs, phases, reports, summaries, say, False, values=False)
+    _prefill_in_parts(target, reg, inputs, phases, reports, summaries, say, False, values=False, keep=keep)
     timing: dict[str, Any] = {**reports[0], "phases": summaries}
     for key in ("sim_us", "aicore_cycles", "total_cycles", "compile_s", "simulate_s"):
         timing[key] = sum(float(r.get(key) or 0) for r in reports)
     timing["tasks"] = {k: sum(int(r.get("tasks", {}).get(k, 0)) for r in reports) for k in ("AIC", "AIV", "HUB")}
     timing["peak_rss_mb"] = max(int(r.get("peak_rss_mb", 0)) for r in reports)
     timing["wall_s"] = sum(s["wall_s"] for s in summaries)
-    timing["trace"] = None
+    timing["trace"], timing["run_dir"] = None, None
+    if keep:
+        say(f"joining the {len(reports)} phase traces into one")
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{target.name}-prefill-phased-", dir=cache_dir("runs")))
+        parts = [(r["phase_name"], Path(r["trace"])) for r in reports if r.get("trace")]
+        if parts:
+            timing["trace"] = str(join_traces(parts, run_dir / "phased.pefetto.trace.json"))
+        timing["run_dir"] = str(run_dir)
+        for r in reports:
+            if r.get("run_dir"):
+                shutil.rmtree(r["run_dir"], ignore_errors=True)
     timing["timing_from"] = f"phased cost-model runs ({len(reports)} programs, their times added)"
     return timing
 
@@ -594,11 +612,11 @@ def prefill(
     if not values and phases is None:
         return _cost_model_only("prefill", target, reg, cfg, lens, the_plan, whole_batch_cost_model_run(), schedule)
     if phases is not None:  # too long for one cost-model run: its timing comes from the phases
-        timing_phased = _phased_timing(target, reg, job_inputs(0, batch)[0], phases, say)
+        timing_phased = _phased_timing(target, reg, job_inputs(0, batch)[0], phases, say, keep=keep and not values)
         timing = timing_phased
         if not values:
             report = _build_report("prefill", target, reg, cfg, lens, the_plan, timing, timing["timing_from"], [timing],
-                                   timing["phases"], timing["wall_s"], None, schedule)
+                                   timing["phases"], timing["wall_s"], timing["run_dir"], schedule)
             return LayerResult(None, report)
 
     for n, chunk in enumerate(chunks, 1):

@@ -5,6 +5,10 @@ SEQ_TILE, SEQ_TILE+1, 2*SEQ_TILE+17 and MAX_SEQ share one batch. The caller's ca
 each length are poisoned and must come back bit-identical.
 """
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +20,7 @@ from qwenlayers.core.tiling import fit_kv_block
 from qwenlayers.errors import InputError
 from qwenlayers.registry import get_registry
 from qwenlayers.runtime import chunking
+from qwenlayers.runtime.traces import PHASE_PID
 
 SEQ_TILE = 16
 
@@ -286,3 +291,12 @@ def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_p
     assert rep.tasks == whole.report.tasks  # the same work, cut at the loop boundaries
     checked = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True)
     assert checked.report.within_tolerance is True and checked.report.sim_us == pytest.approx(rep.sim_us)
+    kept = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False, keep=True)
+    trace = json.loads(Path(kept.report.trace).read_text())["traceEvents"]
+    spans = [e for e in trace if e.get("pid") == PHASE_PID and e.get("ph") == "X"]
+    assert [s["name"] for s in spans] == [c["worker"] for c in kept.report.chunks]  # one span per phase, in run order
+    assert all(a["ts"] + a["dur"] == b["ts"] for a, b in zip(spans, spans[1:]))  # laid end to end
+    tasks = [e for e in trace if e.get("ph") == "X" and "event-hint" in e.get("args", {})]
+    assert tasks and min(e["ts"] for e in tasks) >= 0 and max(e["ts"] + e["dur"] for e in tasks) <= spans[-1]["ts"] + spans[-1]["dur"]
+    assert sorted(p.name for p in Path(kept.report.run_dir).iterdir()) == ["phased.pefetto.trace.json"]  # phase folders removed
+    shutil.rmtree(kept.report.run_dir)

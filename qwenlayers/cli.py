@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import warnings
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qwenlayers import __version__
@@ -22,10 +24,22 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(exc: QwenlayersError) -> None:
+def _print_error(exc: QwenlayersError) -> None:
+    """The one-message form of every qwenlayers error (markup off: messages hold ``[..]`` shapes)."""
     err.print("[bold red]error:[/] ", end="")
     err.print(f"{type(exc).__name__}: {exc}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _fail(exc: QwenlayersError) -> None:
+    _print_error(exc)
     raise typer.Exit(exc.exit_code)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Print a warning (e.g. a plugin isolated at call time) as one line, not with the source
+    line Python adds by default, so it reads like the CLI's errors."""
+    err.print(f"warning: {category.__name__}: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -51,10 +65,30 @@ def _main(
     """Build, run and check the Qwen3 decoder layer on Ascend targets (real or simulated)."""
 
 
+def _platform_details(reg: Any) -> dict[str, Any]:
+    """Hooks and workarounds of every loaded platform, or the PluginHookError its plugin raised:
+    computed before any row is built, so one broken plugin shows as its own broken row (and an
+    override plugin isolated on the way shows as broken everywhere) while the others list."""
+    from qwenlayers.errors import PluginHookError
+
+    found: dict[str, Any] = {}
+    for r in reg.records():
+        if r.status != "ok" or r.platform is None:
+            continue
+        try:
+            found[r.name] = (reg.hooks_of(r.name), [
+                {"key": w.key, "summary": w.summary, "why": w.why, "remove_when": w.remove_when} for w in reg.workarounds(r.platform)
+            ])
+        except PluginHookError as exc:
+            found[r.name] = exc
+    return found
+
+
 def _platform_rows(details: bool) -> list[dict[str, Any]]:
     from qwenlayers.registry import get_registry
 
     reg = get_registry()
+    extra = _platform_details(reg) if details else {}
     rows = []
     for r in reg.records():
         row: dict[str, Any] = {"name": r.name, "distribution": r.dist, "version": r.version, "status": r.status}
@@ -73,11 +107,12 @@ def _platform_rows(details: bool) -> list[dict[str, Any]]:
             )
             if details:
                 row["sources"] = {"buffers": p.buffers.source, "hbm_bandwidth": p.hbm_bandwidth.source, "bf16_peak": p.bf16_peak.source}
-                row["hooks"] = reg.hooks_of(r.name) if r.status == "ok" else []
-                if r.status == "ok":
-                    row["workarounds"] = [
-                        {"key": w.key, "summary": w.summary, "why": w.why, "remove_when": w.remove_when} for w in reg.workarounds(p)
-                    ]
+                row["hooks"] = []
+                got = extra.get(r.name)
+                if isinstance(got, Exception):  # its hook failed when called: a broken row, the others list
+                    row.update(status="broken", usable=False, reason=str(got))
+                elif got is not None:
+                    row["hooks"], row["workarounds"] = got
         if r.status != "ok":  # broken, disabled, duplicate, override: the record says why
             row.update(usable=False, reason=r.error.splitlines()[0] if r.error else r.status)
         rows.append(row)
@@ -138,15 +173,16 @@ def plan(
     from pathlib import Path
 
     from qwenlayers.api import plan as make_plan
-    from qwenlayers.core.config import Qwen3Config, preset
+    from qwenlayers.core.config import preset
     from qwenlayers.core.tiling import TILE_FIELDS, parse_overrides, tile_checks
+    from qwenlayers.core.weights import load_config
     from qwenlayers.errors import InputError
     from qwenlayers.registry import get_registry
 
     try:
         if phase not in ("decode", "prefill"):
             raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
-        cfg = Qwen3Config.from_hf(model) if Path(model).exists() else preset(model)
+        cfg = load_config(model) if Path(model).exists() else preset(model)
         target = get_registry().select(platform, budgets=budgets)
         result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile),  # type: ignore[arg-type]
                            batch=batch, seq_len=seq_len)
@@ -249,6 +285,8 @@ def _layer_table(title: str, report: Any) -> Table:
         verdict = "[green]within[/]" if r["within_tolerance"] else "[red]outside[/]"
         table.add_row("max |out - golden|", f"{r['max_abs_err']:.4g} ({verdict} atol=rtol=1e-2)")
         table.add_row("max |cache - golden|", f"{r['cache_max_abs_err']:.4g}")
+    for failure in r.get("check_failures") or []:  # why it failed, e.g. NaN outputs with their count and first positions
+        table.add_row("[red]check failed[/]", escape(failure))
     return table
 
 
@@ -289,22 +327,24 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
     keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+                                         help="Run even with NaN/Inf in the weights (refused by default); the check then fails."),
 ) -> None:
     """Run one Qwen3 layer on a platform with random inputs and show where the time goes.
 
     With no options: a small decode (preset tiny, 4 sequences of mixed length) on the default
     platform, checked against the golden."""
 
-    from qwenlayers.core.config import Qwen3Config, preset
+    from qwenlayers.core.config import preset
     from qwenlayers.core.tiling import parse_overrides
-    from qwenlayers.core.weights import LayerWeights
+    from qwenlayers.core.weights import LayerWeights, load_config
     from qwenlayers.errors import InputError
 
     try:
         if phase not in ("decode", "prefill"):
             raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
         if weights:
-            cfg = Qwen3Config.from_hf(weights, name=f"{weights}#layer{layer}")
+            cfg = load_config(weights, name=f"{weights}#layer{layer}")
             w = LayerWeights.from_checkpoint(weights, layer, cfg)
         else:
             cfg = preset(model)
@@ -315,7 +355,7 @@ def run(
             if schedule != "fused":
                 raise InputError("--tp runs the fused schedule only")
             _run_tp(cfg, w, phase, lens, tp, platform, overrides, check and not cost_model_only, not cost_model_only, seed, as_json,
-                    budgets)
+                    budgets, allow_nonfinite)
             return
         with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
             def progress(msg: str) -> None:
@@ -326,7 +366,7 @@ def run(
             run_layer = decode if phase == "decode" else prefill
             result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, budgets=budgets,
                                plan=overrides, check=check and not cost_model_only, keep=keep, values=not cost_model_only,
-                               verify_passes=verify_passes, schedule=schedule, progress=progress)
+                               verify_passes=verify_passes, schedule=schedule, progress=progress, allow_nonfinite=allow_nonfinite)
     except QwenlayersError as exc:
         _fail(exc)
     rep = result.report
@@ -340,7 +380,7 @@ def run(
 
 
 def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: str | None, overrides: dict[str, int],
-            check: bool, values: bool, seed: int, as_json: bool, budgets: str | None = None) -> None:
+            check: bool, values: bool, seed: int, as_json: bool, budgets: str | None = None, allow_nonfinite: bool = False) -> None:
     """``run --tp N``: spawn N ranks here, or be one rank of torchrun's (rank 0 prints)."""
     import os
 
@@ -351,7 +391,8 @@ def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: st
     with err.status(f"{cfg.name} {phase} over {tp} ranks …") as status:
         run_layer = decode_tp if phase == "decode" else prefill_tp
         result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), tp=tp, platform=platform, budgets=budgets,
-                           plan=overrides, check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"))
+                           plan=overrides, check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"),
+                           allow_nonfinite=allow_nonfinite)
     if result is None:  # a torchrun rank other than 0
         return
     rep = result.report
@@ -378,6 +419,8 @@ def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: st
         if rep.max_abs_err is not None:
             out.print(f"max |out - golden| {rep.max_abs_err:.4g}, max |cache - golden| {rep.cache_max_abs_err:.4g} "
                       f"({'within' if rep.within_tolerance else 'outside'} atol=rtol=1e-2)")
+        for failure in rep.check_failures:
+            out.print(f"check failed: {failure}", markup=False, highlight=False)
     if rep.within_tolerance is False:
         raise typer.Exit(4)
 
@@ -492,10 +535,13 @@ def tune(
 
 
 def main() -> None:
+    """The console entry point: every QwenlayersError a command did not catch itself is one
+    message and its class's exit code (2 input, 3 platform, 4 kernel), never a traceback."""
+    warnings.showwarning = _show_warning
     try:
         app()
-    except QwenlayersError as exc:  # anything a command did not catch itself
-        err.print(f"error: {type(exc).__name__}: {exc}")
+    except QwenlayersError as exc:
+        _print_error(exc)
         sys.exit(exc.exit_code)
 
 

@@ -20,6 +20,12 @@ class InputError(QwenlayersError, ValueError):
     exit_code = 2
 
 
+class CheckpointError(InputError):
+    """A checkpoint file (safetensors, index, ``config.json``) cannot be read, is corrupt, or
+    points outside its folder. The message always names the file, because a truncated download
+    otherwise surfaces as a parser error that names nothing."""
+
+
 class TilingError(QwenlayersError, ValueError):
     """A tiling plan violates a platform budget, a hardware buffer or a divisibility rule."""
 
@@ -34,6 +40,15 @@ class UnknownPlatformError(QwenlayersError, LookupError):
 
 class PluginLoadError(QwenlayersError):
     """A platform plugin failed to import or to describe itself."""
+
+    exit_code = 3
+
+
+class PluginHookError(PluginLoadError):
+    """A plugin's hook raised or returned a wrong type when called (after a clean import).
+
+    A :class:`PluginLoadError`, so one ``except`` covers a plugin broken at import and one broken
+    at call time; the message names the distribution, the hook and what it may return."""
 
     exit_code = 3
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from qwenlayers.core import contract, golden, packing
-from qwenlayers.core.compare import Comparison, compare
+from qwenlayers.core.compare import Comparison, compare, verdict
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
@@ -78,6 +78,8 @@ class LayerReport:
     cache_max_abs_err: float | None = None
     within_tolerance: bool | None = None  # bf16 atol=rtol=1e-2 (qwenlayers.core.compare)
     outside_elementwise: int | None = None  # outputs outside the plain elementwise bar
+    nonfinite: dict[str, Any] | None = None  # when checked: per tensor with NaN/Inf, its count and first positions
+    check_failures: list[str] = field(default_factory=list)  # when checked and not within tolerance: why, per tensor
     schedule: str = "fused"  # or "reference": the reference-schedule baseline
     budgets: str = ""  # the budget set the plan was checked against (the plugin's own, or e.g. pypto-lib)
 
@@ -123,11 +125,23 @@ def _check_schedule(schedule: str) -> None:
         raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
 
 
-def _record_check(report: LayerReport, out: Comparison, caches: list[Comparison]) -> None:
-    report.max_abs_err = out.max_abs_err
-    report.cache_max_abs_err = max(c.max_abs_err for c in caches)
-    report.within_tolerance = out.ok and all(c.ok for c in caches)
-    report.outside_elementwise = out.outside_elementwise
+def _record_check(report: LayerReport, comparisons: Mapping[str, Comparison]) -> None:
+    """Record ``{"out", "k_cache", "v_cache"}`` comparisons: a NaN or Inf anywhere checked is a
+    failure with its count and first positions, never an exact match."""
+    v = verdict(comparisons)
+    report.max_abs_err, report.cache_max_abs_err, report.within_tolerance = v.max_abs_err, v.cache_max_abs_err, v.ok
+    report.outside_elementwise, report.nonfinite, report.check_failures = v.outside_elementwise, v.nonfinite, v.failures
+
+
+def _compare_layer(
+    phase: Phase, lens: list[int], out: torch.Tensor, ref: torch.Tensor, caches: tuple[torch.Tensor, torch.Tensor],
+    ref_caches: tuple[torch.Tensor, torch.Tensor],
+) -> dict[str, Comparison]:
+    """Output and caches against the golden; cache rows the layer must not write are compared
+    bit for bit (garbage there is the caller's), the written rows must be finite and close."""
+    through = contract.passthrough_rows(phase, lens, caches[0].shape[2])
+    return {"out": compare(out, ref), **{name: compare(c, r, passthrough=through)
+                                        for name, c, r in zip(("k_cache", "v_cache"), caches, ref_caches)}}
 
 
 def random_inputs(
@@ -136,6 +150,9 @@ def random_inputs(
     """Random bf16 inputs for one ``decode`` or ``prefill`` call with sequences ``lens``: hidden
     (decode [B, H]; prefill [B, max(lens), H]), for decode caches of ``max_seq`` rows (default
     the config's), and seq_lens. Drawn in that order from one generator seeded ``seed``."""
+    if not lens:
+        raise InputError("no sequences to make inputs for (an empty list of lengths); give at least one length >= 1 "
+                         "(CLI: --batch N with N >= 1, or --seq-lens a,b,c)")
     gen = torch.Generator().manual_seed(seed)
     n = len(lens)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
@@ -417,6 +434,7 @@ def decode(
     schedule: str = "fused",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
+    allow_nonfinite: bool = False,
 ) -> LayerResult:
     """One decode step of one Qwen3 layer on a platform.
 
@@ -439,12 +457,19 @@ def decode(
     (:mod:`qwenlayers.core.kernels.reference`: same math, the pypto-lib reference structure),
     which is what ``qwenlayers bench`` compares against. It is one program, so a checked run
     of it is limited to sizes where one batch chunk runs the whole layer.
+
+    Refused before any work (``InputError``, nothing changed): an empty batch, arguments that
+    share memory, and a NaN or Inf in hidden, a weight or a cache row the attention reads
+    (rows 0..seq_len-2; rows past seq_len may hold anything). ``allow_nonfinite=True`` runs
+    such inputs anyway; a checked run then reports the non-finite outputs as a failure.
     """
     say = progress or (lambda _msg: None)
     _check_schedule(schedule)
     cfg = as_config(config)
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
+    contract.check_arguments("decode", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
+                             allow_nonfinite=allow_nonfinite)
     reg = registry or get_registry()
     target = reg.select(platform, require_available=True, budgets=budgets)
     max_seq = k_cache.shape[2]
@@ -519,7 +544,7 @@ def decode(
     if check and before is not None:
         say("golden decode")
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
-        _record_check(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+        _record_check(report, _compare_layer("decode", lens, out, ref, (k_cache, v_cache), (ref_k, ref_v)))
     return LayerResult(out, report, k_cache, v_cache)
 
 
@@ -541,6 +566,7 @@ def prefill(
     schedule: str = "fused",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
+    allow_nonfinite: bool = False,
 ) -> LayerResult:
     """Causal prefill of one Qwen3 layer on a platform.
 
@@ -554,6 +580,10 @@ def prefill(
 
     ``schedule="reference"`` runs the reference-schedule baseline (as :func:`decode`); its
     checked runs go one worker per sequence chunk like the fused kernel's.
+
+    Refused before any work as in :func:`decode`: an empty batch, arguments that share memory,
+    a NaN or Inf in a weight or in hidden rows 0..seq_len-1 (padding may hold anything; no
+    cache row is read) unless ``allow_nonfinite=True``.
     """
     say = progress or (lambda _msg: None)
     _check_schedule(schedule)
@@ -567,6 +597,8 @@ def prefill(
         max_seq = cfg.max_seq
     lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
+    contract.check_arguments("prefill", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
+                             allow_nonfinite=allow_nonfinite)
     reg = registry or get_registry()
     target = reg.select(platform, require_available=True, budgets=budgets)
     run_cfg = cfg.with_max_seq(max_seq)
@@ -659,6 +691,6 @@ def prefill(
             keep_mask[:n_tok] = False
             ref_k[b][:, keep_mask] = before[0][b][:, keep_mask]  # the golden allocates zero caches;
             ref_v[b][:, keep_mask] = before[1][b][:, keep_mask]  # rows past seq_len are the caller's
-        _record_check(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+        _record_check(report, _compare_layer("prefill", lens, out, ref, (k_cache, v_cache), (ref_k, ref_v)))
     return LayerResult(out, report, k_cache, v_cache)
 

@@ -9,13 +9,22 @@ Switches (as pytest's ``-p no:`` and llm's ``LLM_LOAD_PLUGINS``):
 
 * ``QWENLAYERS_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or distribution name;
 * ``QWENLAYERS_LOAD_PLUGINS=a,b`` loads only those (empty string: none).
+
+Per-platform hooks are called one implementation at a time (in pluggy's order: last registered
+first, ``tryfirst``/``trylast`` honoured) so that an implementation that raises or returns a
+wrong type is named: an override plugin (no platform of its own) is then isolated as a broken
+record, with a warning, and the call goes on without it, because it takes part in every
+platform's calls; a target plugin's failure is a :class:`PluginHookError` for its own platform
+only. A :class:`QwenlayersError` a hook raises on purpose passes through unchanged. Hook
+wrappers are refused at registration, since they cannot be called one at a time.
 """
 
 from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,12 +36,14 @@ from qwenlayers.core import hookspecs
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.platform import PHASES, Phase, Platform
 from qwenlayers.core.tiling import TilingPlan, check_plan
-from qwenlayers.core.workarounds import WorkaroundSet
+from qwenlayers.core.workarounds import Workaround, WorkaroundSet
 from qwenlayers.errors import (
     DuplicatePlatformError,
     InputError,
     PlatformUnavailableError,
+    PluginHookError,
     PluginLoadError,
+    QwenlayersError,
     TilingError,
     UnknownPlatformError,
 )
@@ -43,6 +54,30 @@ ENV_BUDGETS = "QWENLAYERS_BUDGETS"
 ENV_DISABLE = "QWENLAYERS_DISABLE_PLUGINS"
 ENV_LOAD = "QWENLAYERS_LOAD_PLUGINS"
 DEFAULT_PLATFORM = "a5sim"
+
+
+def _is_workaround_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(w, Workaround) for w in value)
+
+
+def _is_env(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+#: What each per-platform hook may return besides None. Checked at every call, so a wrong type
+#: is reported against the plugin that returned it, not as an AttributeError deep in the core.
+HOOK_RETURNS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "qwenlayers_tiling_defaults": (lambda v: isinstance(v, TilingPlan), "a TilingPlan"),
+    "qwenlayers_workarounds": (_is_workaround_list, "a list of Workaround records"),
+    "qwenlayers_prepare_runtime": (_is_env, "a dict of str names to str values"),
+    "qwenlayers_collective_backend": (lambda v: isinstance(v, str), "a backend name (str)"),
+}
+
+
+def _short(value: Any) -> str:
+    """A wrong return value for a message: its type and a bounded repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '…' if len(text) > 80 else text}"
 
 
 @dataclass
@@ -133,6 +168,7 @@ class PlatformRegistry:
         try:
             self.pm.register(plugin, name=f"{record.dist}:{record.name}:{id(plugin)}")
             self.pm.check_pending()
+            _refuse_wrappers(self.pm, plugin)
             described = getattr(plugin, "qwenlayers_platform", None)
             platform = described() if callable(described) else None
         except BaseException as exc:  # noqa: BLE001
@@ -166,6 +202,14 @@ class PlatformRegistry:
         if exc is not None:
             record.error += "\n" + "".join(traceback.format_exception(exc)).rstrip()
         self._add(record)
+
+    def _owner(self, plugin: Any) -> PluginRecord:
+        """The record of a registered plugin object (every registered plugin has one)."""
+        for records in self._records.values():
+            for record in records:
+                if record.plugin is plugin:
+                    return record
+        raise LookupError(f"plugin {plugin!r} is registered with pluggy but unknown to the registry")
 
     def _add(self, record: PluginRecord) -> None:
         same = self._records.setdefault(record.name, [])
@@ -256,11 +300,63 @@ class PlatformRegistry:
         record = self.record(name)
         return sorted(h.name for h in (self.pm.get_hookcallers(record.plugin) or []))
 
+    def _call(self, hook: str, *, firstresult: bool, **kwargs: Any) -> list[Any]:
+        """The non-None results of ``hook``'s implementations for ``kwargs["platform"]``, called
+        one at a time in pluggy's order (the first only, when ``firstresult``), so that a failing
+        one is named and, for an override plugin, isolated (see the module docstring)."""
+        platform: Platform = kwargs["platform"]
+        results = []
+        for impl in reversed(self._caller(hook, platform).get_hookimpls()):
+            value = self._call_one(impl, hook, platform, kwargs)
+            if value is None:
+                continue
+            results.append(value)
+            if firstresult:
+                break
+        return results
+
+    def _call_one(self, impl: Any, hook: str, platform: Platform, kwargs: dict[str, Any]) -> Any:
+        """One implementation's result, checked against :data:`HOOK_RETURNS`; None when it
+        deferred or was isolated."""
+        try:
+            value = impl.function(*(kwargs[name] for name in impl.argnames))
+        except QwenlayersError:
+            raise  # raised on purpose: already a clear message
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must name the plugin
+            self._hook_failed(self._owner(impl.plugin), hook, platform, f"raised {type(exc).__name__}: {exc}", exc)
+            return None
+        if value is not None and not HOOK_RETURNS[hook][0](value):
+            self._hook_failed(self._owner(impl.plugin), hook, platform, f"returned {_short(value)}", None)
+            return None
+        return value
+
+    def _hook_failed(self, record: PluginRecord, hook: str, platform: Platform, what: str, exc: BaseException | None) -> None:
+        """Report a hook implementation that failed at call time, as an import failure is: an
+        override plugin becomes a broken record, leaves pluggy and the call goes on (a warning
+        says so); a target plugin's failure is a PluginHookError (its platform cannot work
+        without its answer, the other platforms are untouched)."""
+        in_process = record.dist == "<in-process>"
+        kind = "override plugin" if record.platform is None else "platform plugin"
+        origin = "registered in process" if in_process else f"from {record.label}"
+        message = (f"{kind} {record.name!r} ({origin}): hook {hook} {what} when called for platform {platform.name}; "
+                   f"it must return {HOOK_RETURNS[hook][1]} or None, and not raise")
+        remedy = (f"fix it or unregister it (registry.unregister({record.name!r}))" if in_process
+                  else f"fix or upgrade {record.dist}, or block it with {ENV_DISABLE}={record.dist}")
+        if record.platform is not None:
+            raise PluginHookError(f"{message}. Platform {platform.name} cannot be used until then: {remedy}") from exc
+        if self.pm.is_registered(record.plugin):
+            self.pm.unregister(record.plugin)
+        record.status, record.error, record.cause = "broken", message, exc
+        if exc is not None:
+            record.error += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        warnings.warn(f"{message}. It is skipped from now on; {remedy}", RuntimeWarning, stacklevel=5)
+
     def tiling_defaults(self, platform: Platform, config: Qwen3Config, phase: Phase) -> TilingPlan:
         """The plugin's default plan, validated against the platform before it is returned."""
         if phase not in PHASES:
             raise InputError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
-        plan = self._caller("qwenlayers_tiling_defaults", platform)(platform=platform, config=config, phase=phase)
+        found = self._call("qwenlayers_tiling_defaults", firstresult=True, platform=platform, config=config, phase=phase)
+        plan = found[0] if found else None
         if plan is None:
             raise TilingError(f"no plugin gives a tiling for {config.name} {phase} on {platform.name}; pass plan= explicitly")
         try:
@@ -270,20 +366,31 @@ class PlatformRegistry:
         return plan
 
     def workarounds(self, platform: Platform) -> WorkaroundSet:
-        results = self._caller("qwenlayers_workarounds", platform)(platform=platform)
-        return WorkaroundSet(w for batch in results for w in (batch or []))
+        results = self._call("qwenlayers_workarounds", firstresult=False, platform=platform)
+        return WorkaroundSet(w for batch in results for w in batch)
 
     def collective_backend(self, platform: Platform) -> str:
         """The torch.distributed backend of tensor-parallel ranks on ``platform`` (its plugin's choice)."""
-        backend = self._caller("qwenlayers_collective_backend", platform)(platform=platform)
+        found = self._call("qwenlayers_collective_backend", firstresult=True, platform=platform)
+        backend = found[0] if found else None
         if not backend:
             raise PlatformUnavailableError(f"{self.record(platform.name).label} names no collective backend "
                                 "(hook qwenlayers_collective_backend), so it cannot run tensor parallel")
         return str(backend)
 
     def prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:
-        env = self._caller("qwenlayers_prepare_runtime", platform)(platform=platform, workdir=workdir)
-        return dict(env or {})
+        found = self._call("qwenlayers_prepare_runtime", firstresult=True, platform=platform, workdir=workdir)
+        return dict(found[0]) if found else {}
+
+
+def _refuse_wrappers(pm: pluggy.PluginManager, plugin: Any) -> None:
+    """Refuse hook wrappers: per-platform hooks are called one implementation at a time (to
+    name a failing one), which a wrapper around the others cannot take part in."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                raise PluginLoadError(f"hook {caller.name} is a hook wrapper; qwenlayers hooks take plain "
+                                      "implementations only (use tryfirst=True to run first)")
 
 
 _default: PlatformRegistry | None = None

@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from qwenlayers.core import contract, golden, packing
-from qwenlayers.core.compare import compare
+from qwenlayers.core.compare import Comparison, compare, verdict
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase
 from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, check_tp, shard_config, shard_plan
@@ -77,6 +77,8 @@ class TPReport:
     max_abs_err: float | None = None
     cache_max_abs_err: float | None = None
     within_tolerance: bool | None = None
+    nonfinite: dict[str, Any] | None = None  # as LayerReport.nonfinite
+    check_failures: list[str] = field(default_factory=list)  # as LayerReport.check_failures
 
     @property
     def sim_us(self) -> float | None:
@@ -322,9 +324,11 @@ def decode_tp(
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     fault_rank: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> TPResult | None:
     """One decode step of one layer split over ``tp`` ranks (same contract as
-    :func:`qwenlayers.decode`: caches [B, KVH, MAX_SEQ, D] written at row seq_len-1 only).
+    :func:`qwenlayers.decode`: caches [B, KVH, MAX_SEQ, D] written at row seq_len-1 only; the
+    same refusals, ``allow_nonfinite`` included).
 
     ``plan`` is the shard's plan (default: the plugin's tiling for the shard config). Under
     torchrun pass ``launcher="env"``: every process calls this with the same arguments and
@@ -334,6 +338,8 @@ def decode_tp(
     cfg = as_config(config)
     lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
+    contract.check_arguments("decode", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
+                             allow_nonfinite=allow_nonfinite)
     job = _prepare("decode", cfg, tp, platform, plan, lens, k_cache.shape[2], values, timeout_s, fault_rank, registry, budgets)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
@@ -344,7 +350,7 @@ def decode_tp(
     if check and before is not None and values:
         say("golden decode")
         ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
-        _record(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+        _record(report, "decode", lens, (out, k_cache, v_cache), (ref, ref_k, ref_v))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
@@ -367,10 +373,11 @@ def prefill_tp(
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     fault_rank: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> TPResult | None:
     """Causal prefill of one layer split over ``tp`` ranks (same contract as
     :func:`qwenlayers.prefill`: out [B, S, H] with padding rows zero; caches the caller's,
-    written at rows 0..seq_len-1, or allocated)."""
+    written at rows 0..seq_len-1, or allocated; the same refusals, ``allow_nonfinite`` included)."""
     say = progress or (lambda _m: None)
     cfg = as_config(config)
     if (k_cache is None) != (v_cache is None):
@@ -380,6 +387,8 @@ def prefill_tp(
                if k_cache is not None else cfg.max_seq)
     lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
+    contract.check_arguments("prefill", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
+                             allow_nonfinite=allow_nonfinite)
     if k_cache is None or v_cache is None:
         shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
@@ -401,7 +410,7 @@ def prefill_tp(
         for b, n in enumerate(lens):  # rows past seq_len are the caller's
             ref_k[b][:, n:] = before[0][b][:, n:]
             ref_v[b][:, n:] = before[1][b][:, n:]
-        _record(report, compare(out, ref), [compare(k_cache, ref_k), compare(v_cache, ref_v)])
+        _record(report, "prefill", lens, (out, k_cache, v_cache), (ref, ref_k, ref_v))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
@@ -437,7 +446,13 @@ def rank_cost(
     return _rank_report(shard_plan(job.config, tp, rank), res)
 
 
-def _record(report: TPReport, out: Any, caches: list[Any]) -> None:
-    report.max_abs_err = out.max_abs_err
-    report.cache_max_abs_err = max(c.max_abs_err for c in caches)
-    report.within_tolerance = out.ok and all(c.ok for c in caches)
+def _record(report: TPReport, phase: Phase, lens: list[int], got: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) -> None:
+    """Record the check of (out, k_cache, v_cache) as :func:`qwenlayers.layer.decode` does: rows
+    the layer must not write compared bit for bit, any NaN or Inf elsewhere a failure."""
+    through = contract.passthrough_rows(phase, lens, got[1].shape[2])
+    comparisons: dict[str, Comparison] = {"out": compare(got[0], ref[0])}
+    for name, c, r in zip(("k_cache", "v_cache"), got[1:], ref[1:]):
+        comparisons[name] = compare(c, r, passthrough=through)
+    v = verdict(comparisons)
+    report.max_abs_err, report.cache_max_abs_err, report.within_tolerance = v.max_abs_err, v.cache_max_abs_err, v.ok
+    report.nonfinite, report.check_failures = v.nonfinite, v.failures

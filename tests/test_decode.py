@@ -250,12 +250,14 @@ def test_compare_scales_rtol_by_the_row_and_still_counts_elementwise_misses():
     assert not compare(wrong, ref).ok
 
 
-def test_compare_treats_identical_nans_as_exact_and_any_other_nan_as_a_miss():
+def test_compare_treats_identical_nans_as_exact_only_where_passed_through_and_any_other_nan_as_a_miss():
     ref = torch.tensor([[1.0, float("nan"), 0.5]]).bfloat16()
-    assert compare(ref.clone(), ref).ok  # passed-through garbage (cache rows nobody may touch)
+    through = torch.tensor([[False, True, False]])  # passed-through garbage (cache rows nobody may touch)
+    assert compare(ref.clone(), ref, passthrough=through).ok
+    assert not compare(ref.clone(), ref).ok  # anywhere else NaN == NaN is no match (issue 17)
     out = ref.clone()
     out[0, 0] = float("nan")
-    c = compare(out, ref)
+    c = compare(out, ref, passthrough=through)
     assert not c.ok and c.max_abs_err == float("inf")
 
 

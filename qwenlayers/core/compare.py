@@ -17,17 +17,29 @@ golden's) had 1 of 768 outputs at 1.07x the bar. So a comparison passes when at 
 the elements are outside the row-scaled bar and none is more than ``WORST_RATIO`` times its bar away — the shape of the
 bar docs/golden.md set for the golden against transformers (99.5 % within, none past 4e-2 at
 scale 1, at least one element allowed), made relative because a one-step bf16 difference at |x| = 8 is already 0.0625.
+
+A non-finite value is never a match: NaN == NaN in an output would let an all-NaN kernel
+"pass" against an all-NaN golden (a config with rope_theta 0, a NaN weight). Every element
+must be finite in both, except where the caller marks it ``passthrough`` (cache rows the
+kernel must leave alone, which may hold ``torch.empty`` garbage): there bit-identical values,
+NaN included, are exact. Non-finite elements are counted and their first positions kept, so a
+failed check says where.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 ATOL = RTOL = 1e-2
 WORST_RATIO = 4.0
 OUTSIDE_FRACTION = 5e-3
+FIRST_POSITIONS = 3  # non-finite positions kept per tensor: enough to see a pattern, short enough to read
+
+Position = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -37,21 +49,68 @@ class Comparison:
     outside_elementwise: int  # elements outside atol + rtol * |ref| (reported, see the module doc)
     total: int
     worst_ratio: float = 0.0  # max over elements of error / row-scaled bar
+    nonfinite: int = 0  # NaN/Inf elements of the output outside ``passthrough``: a failure
+    nonfinite_first: tuple[Position, ...] = ()
+    ref_nonfinite: int = 0  # NaN/Inf elements of the golden outside ``passthrough``: a failure too
+    ref_nonfinite_first: tuple[Position, ...] = ()
+    checked: int | None = None  # elements outside ``passthrough`` (None: all ``total``)
+
+    @property
+    def allowed_outside(self) -> int:
+        return max(1, int(self.total * OUTSIDE_FRACTION))
 
     @property
     def ok(self) -> bool:
-        return self.outside <= max(1, int(self.total * OUTSIDE_FRACTION)) and self.worst_ratio <= WORST_RATIO
+        return (self.nonfinite == 0 and self.ref_nonfinite == 0 and self.outside <= self.allowed_outside
+                and self.worst_ratio <= WORST_RATIO)
+
+    def failure(self, name: str) -> str | None:
+        """Why ``name`` failed the check, in one sentence (None when it passed)."""
+        if self.ok:
+            return None
+        of = self.total if self.checked is None else self.checked
+        reasons = []
+        if self.nonfinite:
+            reasons.append(f"{self.nonfinite} of {of} values are non-finite (NaN/Inf), first at {_positions(self.nonfinite_first)}")
+        if self.ref_nonfinite:
+            reasons.append(f"the golden has {self.ref_nonfinite} non-finite values, first at {_positions(self.ref_nonfinite_first)}"
+                           " (non-finite inputs or config constants)")
+        if reasons:  # every non-finite element is also outside the bar: saying so again adds nothing
+            return f"{name}: " + "; ".join(reasons)
+        if self.outside > self.allowed_outside:
+            reasons.append(f"{self.outside} of {self.total} elements are outside the row-scaled bar "
+                           f"(at most {self.allowed_outside} allowed)")
+        if self.worst_ratio > WORST_RATIO:
+            reasons.append(f"the worst element is {self.worst_ratio:.3g}x its bar (at most {WORST_RATIO:g}x allowed)")
+        return f"{name}: " + "; ".join(reasons)
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor, *, atol: float = ATOL, rtol: float = RTOL) -> Comparison:
-    """Compare ``out`` with ``ref`` along rows of the last dimension."""
+def _positions(first: tuple[Position, ...]) -> str:
+    return ", ".join(str(list(p)) for p in first)
+
+
+def _first_positions(mask: torch.Tensor) -> tuple[Position, ...]:
+    """Indices of the first FIRST_POSITIONS True elements in row-major order."""
+    flat = mask.reshape(-1).nonzero()[:FIRST_POSITIONS, 0]
+    return tuple(tuple(int(i) for i in torch.unravel_index(f, mask.shape)) for f in flat)
+
+
+def compare(
+    out: torch.Tensor, ref: torch.Tensor, *, atol: float = ATOL, rtol: float = RTOL, passthrough: torch.Tensor | None = None
+) -> Comparison:
+    """Compare ``out`` with ``ref`` along rows of the last dimension.
+
+    ``passthrough`` (bool, broadcastable to the shape) marks elements the kernel must pass
+    through untouched, such as cache rows past each sequence's written rows: there identical
+    bits are exact whatever they hold. Everywhere else a NaN or Inf in either tensor fails."""
     if out.shape != ref.shape:
         raise ValueError(f"shapes differ: out {tuple(out.shape)} vs ref {tuple(ref.shape)}")
     o, r = out.float(), ref.float()
-    # Identical elements are exact, whatever they hold: cache rows a kernel must pass through
-    # may be NaN garbage (a torch.empty cache). Any other NaN is an error of infinite size.
-    same = (o == r) | (o.isnan() & r.isnan())
-    err = torch.where(same, 0.0, torch.nan_to_num((o - r).abs(), nan=float("inf")))
+    through = torch.zeros_like(o, dtype=torch.bool) if passthrough is None else passthrough.expand(o.shape)
+    bad_out, bad_ref = ~o.isfinite() & ~through, ~r.isfinite() & ~through
+    same = (o == r) | (o.isnan() & r.isnan() & through)
+    err = torch.where(same & ~(bad_out | bad_ref), 0.0, torch.nan_to_num((o - r).abs(), nan=float("inf")))
+    err = torch.where(bad_out | bad_ref, float("inf"), err)
     finite = torch.where(r.isfinite(), r, 0.0)
     row_rms = finite.pow(2).mean(-1, keepdim=True).sqrt()
     scaled = atol + rtol * torch.maximum(finite.abs(), row_rms)
@@ -62,4 +121,37 @@ def compare(out: torch.Tensor, ref: torch.Tensor, *, atol: float = ATOL, rtol: f
         outside_elementwise=int((err > plain).sum()),
         total=err.numel(),
         worst_ratio=(err / scaled).max().item() if err.numel() else 0.0,
+        nonfinite=int(bad_out.sum()),
+        nonfinite_first=_first_positions(bad_out),
+        ref_nonfinite=int(bad_ref.sum()),
+        ref_nonfinite_first=_first_positions(bad_ref),
+        checked=None if passthrough is None else int((~through).sum()),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A layer run's check, from the comparisons of its output and written caches: what the
+    reports of :mod:`qwenlayers.layer` and :mod:`qwenlayers.tensor_parallel` record."""
+
+    ok: bool
+    max_abs_err: float
+    cache_max_abs_err: float
+    outside_elementwise: int
+    nonfinite: dict[str, dict[str, Any]]  # per tensor with any: count, golden count, first positions
+    failures: list[str]
+
+
+def verdict(comparisons: Mapping[str, Comparison]) -> Verdict:
+    """Fold ``{"out": ..., "k_cache": ..., "v_cache": ...}`` into one verdict; ``out`` is the output."""
+    out = comparisons["out"]
+    caches = [c for name, c in comparisons.items() if name != "out"]
+    nonfinite = {
+        name: {"count": c.nonfinite, "golden": c.ref_nonfinite, "first": [list(p) for p in c.nonfinite_first or c.ref_nonfinite_first]}
+        for name, c in comparisons.items() if c.nonfinite or c.ref_nonfinite
+    }
+    failures = [f for name, c in comparisons.items() if (f := c.failure(name)) is not None]
+    return Verdict(
+        ok=not failures, max_abs_err=out.max_abs_err, cache_max_abs_err=max((c.max_abs_err for c in caches), default=0.0),
+        outside_elementwise=out.outside_elementwise, nonfinite=nonfinite, failures=failures,
     )

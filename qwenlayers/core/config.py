@@ -8,12 +8,38 @@ the kernels are built for, not a model property of the checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from qwenlayers.errors import InputError
+from qwenlayers.errors import CheckpointError, InputError
+
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "max_seq")
+CONSTANT_FIELDS = ("rms_norm_eps", "rope_theta")
+#: Why each constant must be a finite number > 0: what the layer computes from it otherwise.
+_CONSTANT_RULES = {
+    "rms_norm_eps": "RMSNorm computes x * rsqrt(mean(x^2) + eps): eps <= 0 gives Inf or NaN for small rows (Qwen3 uses 1e-06)",
+    "rope_theta": "RoPE's frequencies are theta^(-2i/head_dim): theta <= 0 gives Inf or NaN (Qwen3 uses 1000000.0)",
+}
+
+
+def _check_size(what: str, value: object, error: type[InputError] = InputError) -> int:
+    """A size is a positive int: no bool (a Python int subclass), no float, no numeric string,
+    no null; coercing any of those would hide a broken config behind a plausible shape."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise error(f"{what} must be a positive integer, got {value!r} ({type(value).__name__}); "
+                         "write a whole number > 0 without quotes or decimals (e.g. 8, not \"8\", 8.5 or null)")
+    return value
+
+
+def _check_constant(what: str, field_name: str, value: object, error: type[InputError] = InputError) -> float:
+    """rms_norm_eps and rope_theta: a finite int or float > 0 (no bool, string or null)."""
+    rule = _CONSTANT_RULES[field_name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise error(f"{what} must be a finite number > 0, got {value!r} ({type(value).__name__}); {rule}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -31,10 +57,13 @@ class Qwen3Config:
     max_seq: int = 4096
 
     def __post_init__(self) -> None:
-        for f in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "max_seq"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or value <= 0:
-                raise InputError(f"Qwen3Config.{f} must be a positive int, got {value!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"Qwen3Config.name must be a non-empty str, got {self.name!r}")
+        for f in SIZE_FIELDS:
+            _check_size(f"Qwen3Config.{f}", getattr(self, f))
+        for f in CONSTANT_FIELDS:
+            # an int theta (HF writes 1000000) is the same number: stored as float so keys and JSON agree
+            object.__setattr__(self, f, _check_constant(f"Qwen3Config.{f}", f, getattr(self, f)))
         if self.num_attention_heads % self.num_key_value_heads:
             raise InputError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -89,15 +118,7 @@ class Qwen3Config:
     @classmethod
     def from_hf(cls, source: str | Path | Mapping[str, Any], *, name: str | None = None, max_seq: int = 4096) -> "Qwen3Config":
         """Read a Hugging Face Qwen3 ``config.json`` (a path to the file or its folder, or a dict)."""
-        if isinstance(source, Mapping):
-            data, origin = dict(source), "<dict>"
-        else:
-            path = Path(source)
-            if path.is_dir():
-                path = path / "config.json"
-            if not path.is_file():
-                raise InputError(f"no Hugging Face config at {path}; pass a config.json or the checkpoint folder holding it")
-            data, origin = json.loads(path.read_text()), str(path)
+        data, origin = _read_hf(source)
         required = ("hidden_size", "intermediate_size", "num_attention_heads")
         missing = [k for k in required if k not in data]
         if missing:
@@ -106,24 +127,63 @@ class Qwen3Config:
             raise InputError(f"config {origin} has hidden_act={data['hidden_act']!r}; Qwen3 layers use 'silu'")
         if data.get("attention_bias", False):
             raise InputError(f"config {origin} has attention_bias=true; Qwen3 projections have no bias")
-        rope_theta = data.get("rope_theta")
-        if rope_theta is None:  # transformers >= 5 nests it under rope_parameters
-            rope_theta = (data.get("rope_parameters") or {}).get("rope_theta", 1_000_000.0)
-        heads = int(data["num_attention_heads"])
+
+        error = _field_error(origin)
+
+        def size(key: str, default: int | None = None) -> int:
+            return _check_size(f"config {origin}: {key}", data[key] if key in data or default is None else default, error)
+
+        hidden, heads = size("hidden_size"), size("num_attention_heads")
+        label = data.get("_name_or_path")
         return cls(
-            name=name or data.get("_name_or_path") or "hf-config",
-            hidden_size=int(data["hidden_size"]),
-            intermediate_size=int(data["intermediate_size"]),
+            name=name or (label if isinstance(label, str) and label else "hf-config"),
+            hidden_size=hidden,
+            intermediate_size=size("intermediate_size"),
             num_attention_heads=heads,
-            num_key_value_heads=int(data.get("num_key_value_heads") or heads),
-            head_dim=int(data.get("head_dim") or data["hidden_size"] // heads),
-            rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope_theta),
+            num_key_value_heads=size("num_key_value_heads", heads),  # absent: MHA, as in transformers
+            head_dim=size("head_dim", hidden // heads),
+            rms_norm_eps=_check_constant(f"config {origin}: rms_norm_eps", "rms_norm_eps", data.get("rms_norm_eps", 1e-6), error),
+            rope_theta=_hf_rope_theta(data, origin),
             max_seq=max_seq,
         )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _read_hf(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The fields of a config.json (a dict, the file, or its folder) and where they came from.
+    A file that is not JSON raises the parser's error, which
+    :func:`qwenlayers.core.weights.load_config` turns into a CheckpointError naming the file."""
+    if isinstance(source, Mapping):
+        return dict(source), "<dict>"
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise InputError(f"no Hugging Face config at {path}; pass a config.json or the checkpoint folder holding it")
+    return json.loads(path.read_text()), str(path)
+
+
+def _field_error(origin: str) -> type[InputError]:
+    """A bad field of a config.json file is a corrupt checkpoint file (CheckpointError, still an
+    InputError); of a dict, a bad argument (InputError)."""
+    return InputError if origin == "<dict>" else CheckpointError
+
+
+def _hf_rope_theta(data: Mapping[str, Any], origin: str) -> float:
+    """rope_theta at the top level, or (transformers >= 5) under rope_parameters; 1e6 when neither
+    names it. A null is refused unless the other place gives the value."""
+    error = _field_error(origin)
+    nested = data.get("rope_parameters")
+    if nested is not None and not isinstance(nested, Mapping):
+        raise error(f"config {origin}: rope_parameters must be an object, got {nested!r}; e.g. "
+                         '{"rope_type": "default", "rope_theta": 1000000.0}')
+    if "rope_theta" in data and (data["rope_theta"] is not None or not nested or "rope_theta" not in nested):
+        return _check_constant(f"config {origin}: rope_theta", "rope_theta", data["rope_theta"], error)
+    if nested and "rope_theta" in nested:
+        return _check_constant(f"config {origin}: rope_parameters.rope_theta", "rope_theta", nested["rope_theta"], error)
+    return 1_000_000.0
 
 
 def _preset(name: str, h: int, i: int, heads: int, kv: int, head_dim: int = 128, max_seq: int = 4096) -> Qwen3Config:
@@ -173,5 +233,5 @@ def as_config(config: "Qwen3Config | Mapping[str, Any] | str") -> Qwen3Config:
         own = {f.name for f in fields(Qwen3Config)}
         if "name" in config and set(config) <= own:
             return Qwen3Config(**config)
-        return Qwen3Config.from_hf(config, max_seq=int(config.get("max_seq", 4096)))
+        return Qwen3Config.from_hf(config, max_seq=config.get("max_seq", 4096))  # checked, not coerced
     raise InputError(f"config must be a Qwen3Config, a preset name or a dict of HF fields, got {type(config).__name__}")

@@ -174,13 +174,22 @@ class TilingPlan:
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, int]:
-    """Parse ``KEY=VALUE`` strings (``--tile SEQ_TILE=128``)."""
+    """Parse ``KEY=VALUE`` strings (``--tile SEQ_TILE=128``).
+
+    A value must be a positive integer in plain digits: anything else (``--64``, ``-8``, ``0``,
+    ``1e3``) is refused here, naming the key, rather than crashing ``int()`` or reaching the
+    plan checks as a size that can never fit."""
+    keys = ", ".join(k.upper() for k in TILE_FIELDS)
     out: dict[str, int] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not value.strip().lstrip("-").isdigit():
-            raise TilingError(f"--tile {item!r} is not KEY=INT; e.g. --tile SEQ_TILE=128 (keys: {', '.join(k.upper() for k in TILE_FIELDS)})")
-        out[key.strip().lower()] = int(value)
+        name, text = key.strip(), value.strip()
+        if not sep or not name:
+            raise TilingError(f"--tile {item!r} is not KEY=INT; e.g. --tile SEQ_TILE=128 (keys: {keys})")
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise TilingError(f"--tile {item!r}: {name.upper()} must be a positive integer (1, 2, …), got {text!r}; "
+                              f"e.g. --tile {name.upper()}=128 (keys: {keys})")
+        out[name.lower()] = int(text)
     return out
 
 

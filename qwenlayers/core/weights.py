@@ -10,16 +10,106 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from qwenlayers.core.config import Qwen3Config
-from qwenlayers.errors import InputError
+from qwenlayers.errors import CheckpointError, InputError, QwenlayersError
 
 LAYER_PREFIX = "model.layers.{layer}."
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+REFETCH = "re-download or re-save the checkpoint (a truncated or interrupted download looks like this)"
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> str:
+    """One message for a checkpoint file that cannot be used, naming the file and the fault, so
+    a parser's bare ``JSONDecodeError`` or ``SafetensorError`` never reaches the user alone."""
+    if isinstance(exc, UnicodeDecodeError):
+        fault = f"is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start})"
+    elif isinstance(exc, json.JSONDecodeError):
+        fault = f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    elif isinstance(exc, OSError):
+        fault = f"cannot be read ({exc.strerror or exc})"
+    else:
+        fault = f"is not a valid {what} ({type(exc).__name__}: {exc})"
+    return f"{what} {path} {fault}; {REFETCH}"
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse one JSON file of a checkpoint; any read, encoding or syntax fault is a
+    CheckpointError naming ``path``."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(_unreadable(path, what, exc)) from exc
+
+
+def load_config(source: str | Path, *, name: str | None = None) -> Qwen3Config:
+    """:meth:`Qwen3Config.from_hf` of a ``config.json`` (or the folder holding it), with a file
+    that is not UTF-8 JSON, or whose fields have the wrong types, refused as a CheckpointError
+    naming the file instead of escaping as a parser traceback."""
+    path = Path(source)
+    file = path / CONFIG_FILE if path.is_dir() else path
+    try:
+        return Qwen3Config.from_hf(path, name=name)
+    except QwenlayersError:
+        raise
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise CheckpointError(_unreadable(file, "Hugging Face config", exc)) from exc
+
+
+def _shard_name(index: Path, tensor: str, fname: object) -> str:
+    """A ``weight_map`` entry, refused unless it names a file inside the checkpoint folder: an
+    absolute path or a ``..`` would let a downloaded index read any file on the machine.
+    Checked by name, not by resolving links, so a Hugging Face cache snapshot (whose files are
+    symlinks into ``../../blobs``) still loads."""
+    if not isinstance(fname, str) or not fname.strip():
+        raise CheckpointError(f"{index} maps {tensor} to {fname!r}; each weight_map value must be a file name "
+                              f"in {index.parent}, e.g. 'model-00001-of-00002.safetensors'")
+    forms = (PurePosixPath(fname), PureWindowsPath(fname))  # a root, a drive or ".." on either OS
+    if any(p.anchor or ".." in p.parts for p in forms):
+        raise CheckpointError(f"{index} maps {tensor} to {fname!r}, outside the checkpoint folder {index.parent}; "
+                              "weight_map may only name files inside that folder (no absolute paths, no '..'); "
+                              "the index is corrupt or hostile, re-download the checkpoint")
+    return fname
+
+
+def _index_files(index: Path, names: Mapping[str, str], layer: int) -> dict[str, list[str]]:
+    """Which shard holds each wanted tensor, from a ``model.safetensors.index.json``, every
+    shard checked to be a file inside the folder before any is opened."""
+    data = read_json(index, "checkpoint index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"checkpoint index {index} has no 'weight_map' object mapping tensor names to files; {REFETCH}")
+    files: dict[str, list[str]] = {}
+    for full in names:
+        if full not in weight_map:
+            raise InputError(f"{index} has no entry {full}; is layer {layer} in this checkpoint?")
+        fname = _shard_name(index, full, weight_map[full])
+        if not (index.parent / fname).is_file():
+            raise CheckpointError(f"{index} puts {full} in {fname}, but {index.parent / fname} does not exist; "
+                                  f"the checkpoint is incomplete: {REFETCH}")
+        files.setdefault(fname, []).append(full)
+    return files
+
+
+def _read_tensors(file: Path, wanted: list[str], layer: int) -> dict[str, torch.Tensor]:
+    """Read ``wanted`` from one safetensors file; a truncated or corrupt file is a
+    CheckpointError naming it (safetensors' own error names no file)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            present = set(f.keys())
+            missing = [full for full in wanted if full not in present]
+            if missing:
+                raise InputError(f"{file} lacks tensor {missing[0]} (layer {layer})")
+            return {full: f.get_tensor(full) for full in wanted}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc}); {REFETCH}") from exc
 
 
 def expected_shapes(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
@@ -134,23 +224,16 @@ class LayerWeights:
 
         Only the files holding that layer are opened, and only its tensors are read.
         """
-        from safetensors import safe_open
-
         root = Path(path)
         if not root.is_dir():
             raise InputError(f"checkpoint {root} is not a folder; pass the folder holding config.json and *.safetensors")
         if config is None:
-            config = Qwen3Config.from_hf(root)
+            config = load_config(root)
         prefix = LAYER_PREFIX.format(layer=layer)
         names = {prefix + n: n for n in expected_shapes(config)}
         index = root / INDEX_FILE
         if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            files: dict[str, list[str]] = {}
-            for full in names:
-                if full not in weight_map:
-                    raise InputError(f"{index} has no entry {full}; is layer {layer} in this checkpoint?")
-                files.setdefault(weight_map[full], []).append(full)
+            files = _index_files(index, names, layer)
         else:
             single = root / SINGLE_FILE
             if not single.is_file():
@@ -158,12 +241,8 @@ class LayerWeights:
             files = {SINGLE_FILE: list(names)}
         tensors: dict[str, torch.Tensor] = {}
         for fname, wanted in files.items():
-            with safe_open(str(root / fname), framework="pt") as f:
-                present = set(f.keys())
-                for full in wanted:
-                    if full not in present:
-                        raise InputError(f"{root / fname} lacks tensor {full} (layer {layer})")
-                    tensors[names[full]] = f.get_tensor(full)
+            for full, t in _read_tensors(root / fname, wanted, layer).items():
+                tensors[names[full]] = t
         return cls(config, tensors)
 
     # ------------------------------------------------------------------ writers

@@ -48,8 +48,23 @@ BLOCK_CAPTURE = 1.8
 
 
 def budget_bytes() -> int:
-    value = os.environ.get("QWENLAYERS_WORKER_MEM_GB")
-    return int(float(value) * GIB) if value else int(DEFAULT_BUDGET_GB * GIB)
+    """Bytes one worker process may use: ``QWENLAYERS_WORKER_MEM_GB`` (GB) when set, else
+    :data:`DEFAULT_BUDGET_GB`.
+
+    Anything but a finite number > 0 is refused, naming the variable and its value, for decode
+    and prefill alike: ``garbage`` used to crash ``float()``, ``nan`` and ``inf`` made every
+    comparison meaningless, and ``0`` or a negative budget let decode plan while prefill refused."""
+    raw = os.environ.get("QWENLAYERS_WORKER_MEM_GB")
+    if raw is None or not raw.strip():
+        return int(DEFAULT_BUDGET_GB * GIB)
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = float("nan")
+    if not 0 < gb < float("inf") or int(gb * GIB) < 1:  # nan fails every comparison
+        raise InputError(f"QWENLAYERS_WORKER_MEM_GB={raw!r} is not a worker memory budget; allowed: a finite number "
+                         f"of GB > 0 (at least one byte), e.g. QWENLAYERS_WORKER_MEM_GB=10 (or unset it for the default {DEFAULT_BUDGET_GB:g})")
+    return int(gb * GIB)
 
 
 def attention_weight_bytes(config: Qwen3Config) -> int:

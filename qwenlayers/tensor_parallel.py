@@ -42,6 +42,7 @@ from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError
 from qwenlayers.registry import PlatformRegistry, get_registry
+from qwenlayers.runtime.exchange import read_message, write_message
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT_S = 900.0  # per collective; a tiny rank program takes seconds, a 32B one minutes
@@ -195,8 +196,8 @@ def _spawned_rank(rank: int, job: _Job, spec_dir: str, init_method: str) -> None
 
     allreduce = _process_group(job, rank, init_method)
     try:
-        inputs = torch.load(Path(spec_dir) / f"rank{rank}.pt", weights_only=False)
-        torch.save(_run_rank(job, rank, inputs, allreduce), Path(spec_dir) / f"result{rank}.pt")
+        inputs = read_message(Path(spec_dir) / f"rank{rank}")
+        write_message(Path(spec_dir) / f"result{rank}", _run_rank(job, rank, inputs, allreduce))
     finally:
         dist.destroy_process_group()
 
@@ -212,7 +213,7 @@ def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Pro
 
     with tempfile.TemporaryDirectory(prefix="qwenlayers-tp-") as spec_dir:
         for rank in range(job.tp):
-            torch.save(per_rank(rank), Path(spec_dir) / f"rank{rank}.pt")
+            write_message(Path(spec_dir) / f"rank{rank}", per_rank(rank))
         init = f"tcp://127.0.0.1:{_free_port()}"
         say(f"{job.tp} ranks ({job.backend}) running their shards")
         try:
@@ -222,7 +223,7 @@ def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Pro
         except mp.ProcessExitedException as exc:
             raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} exited with code {exc.exit_code} "
                               f"(signal {exc.signal_name}); the run was stopped") from None
-        return [torch.load(Path(spec_dir) / f"result{rank}.pt", weights_only=False) for rank in range(job.tp)]
+        return [read_message(Path(spec_dir) / f"result{rank}") for rank in range(job.tp)]
 
 
 def _launch_env(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Progress) -> list[dict[str, Any]] | None:

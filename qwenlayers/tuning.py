@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.tiling import TILE_FIELDS, TilingPlan, check_plan
 from qwenlayers.errors import TilingError
-from qwenlayers.runtime.paths import cache_dir, file_lock
+from qwenlayers.runtime.paths import CacheWarning, atomic_write_text, cache_dir, cache_root, file_lock, read_json
 from qwenlayers.runtime.pyptoenv import pypto_version
 
 
@@ -38,12 +39,35 @@ def shape_class(phase: Phase, lens: list[int]) -> str:
     return f"t{up(sum(lens))}"
 
 
-def _store(platform: Platform) -> Path:
-    """Where tuned plans live: ``$QWENLAYERS_TUNED_DIR`` or the cache, per platform and pypto version."""
+def _store(platform: Platform, *, create: bool = True) -> Path:
+    """Where tuned plans live: ``$QWENLAYERS_TUNED_DIR`` or the cache, per platform and pypto
+    version. Readers pass ``create=False``: reading needs no write (a read-only cache works)."""
     root = os.environ.get("QWENLAYERS_TUNED_DIR")
-    folder = Path(root) / platform.name if root else cache_dir("tuned", platform.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    if root:
+        folder = Path(root) / platform.name
+    else:
+        folder = cache_dir("tuned", platform.name) if create else cache_root() / "tuned" / platform.name
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder / f"pypto-{pypto_version() or 'none'}.json"
+
+
+def _entries(path: Path) -> dict[str, Any]:
+    """The tuned-plan file's entries; an unreadable or malformed file, or entry, is absent (one
+    warning naming the file), so one broken file cannot break every run on the platform."""
+    data = read_json(path, "tuned-plan cache")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        warnings.warn(f"ignoring the tuned-plan cache {path}: it holds a {type(data).__name__}, not an object of "
+                      f"entries", CacheWarning, stacklevel=2)
+        return {}
+    good = {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("values"), dict)
+            and all(isinstance(n, str) and type(x) is int for n, x in v["values"].items())}
+    if len(good) != len(data):
+        warnings.warn(f"ignoring {len(data) - len(good)} malformed entries of the tuned-plan cache {path}",
+                      CacheWarning, stacklevel=2)
+    return good
 
 
 def _key(config: Qwen3Config, phase: Phase, cls: str, platform: Platform) -> str:
@@ -54,14 +78,15 @@ def _key(config: Qwen3Config, phase: Phase, cls: str, platform: Platform) -> str
 def tuned_plan(platform: Platform, config: Qwen3Config, phase: Phase, lens: list[int], base: TilingPlan) -> TilingPlan:
     """``base`` with the cached tuned values for this class applied (origin ``tuned``), or
     ``base`` itself when nothing was tuned (or the tuned plan no longer fits)."""
-    path = _store(platform)
+    path = _store(platform, create=False)
     if not path.exists():
         return base
-    entry = json.loads(path.read_text()).get(_key(config, phase, shape_class(phase, lens), platform))
+    with file_lock(path.parent / ".lock", shared=True):  # tune rewrites the file under the exclusive lock
+        entry = _entries(path).get(_key(config, phase, shape_class(phase, lens), platform))
     if not entry:
         return base
-    plan = base.with_overrides(entry["values"], source="tuned")
     try:
+        plan = base.with_overrides(entry["values"], source="tuned")
         check_plan(plan, config, platform)
     except TilingError:
         return base
@@ -146,8 +171,8 @@ def tune(
     key = _key(cfg, phase, shape_class(phase, lens), target)
     path = _store(target)
     with file_lock(path.parent / ".lock"):
-        data = json.loads(path.read_text()) if path.exists() else {}
+        data = _entries(path)
         data[key] = {"values": changed,
                      "sim_us": best_us, "default_us": default_us, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path.write_text(json.dumps(data, indent=2))
+        atomic_write_text(path, json.dumps(data, indent=2))
     return TuneResult(tuned, best_us, default_us, tried, key, path)

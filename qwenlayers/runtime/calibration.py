@@ -16,12 +16,16 @@ of seconds). Nominal descriptor figures stay what they are and are shown beside 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from qwenlayers.core.platform import Platform
-from qwenlayers.runtime.paths import cache_dir, file_lock
+from qwenlayers.runtime.paths import CacheWarning, atomic_write_text, cache_dir, cache_root, file_lock, read_json
 from qwenlayers.runtime.pyptoenv import pypto_version
+from qwenlayers.runtime.worker import run_job
 
 STREAM_SHAPE = (4096, 4096)
 WEIGHT_STREAM_SHAPE = (16, 4096, 8192)  # rows x [in, out]: a 64 MB weight
@@ -48,15 +52,42 @@ class Calibration:
         return (memory_us, "memory") if memory_us >= compute_us else (compute_us, "compute")
 
 
-def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False) -> Calibration:
-    """The platform's calibration, measured on first use and cached."""
-    folder = cache_dir("calibration", platform.name)
-    path = folder / f"pypto-{pypto_version() or 'none'}-v4.json"  # v4: bandwidth from both stream paths
-    with file_lock(folder / ".lock"):
-        if path.exists() and not refresh:
-            return Calibration(**json.loads(path.read_text()))
-        from qwenlayers.runtime.worker import run_job
+def _cached(path: Path) -> Calibration | None:
+    """The cached calibration, or None when it is missing, unreadable or not a calibration (a
+    zero, negative or non-finite rate cannot be one): it is then measured again."""
+    data = read_json(path, "calibration cache")
+    if data is None:
+        return None
+    try:
+        cal = Calibration(**data)
+    except TypeError as exc:
+        warnings.warn(f"ignoring the calibration cache {path}: {exc}", CacheWarning, stacklevel=2)
+        return None
+    rates = {"bandwidth_gb_s": cal.bandwidth_gb_s, "cube_tflops": cal.cube_tflops, "vector_gops": cal.vector_gops}
+    bad = {k: v for k, v in rates.items() if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0}
+    if bad:
+        warnings.warn(f"ignoring the calibration cache {path}: {bad} is not a measured rate (finite, > 0)",
+                      CacheWarning, stacklevel=2)
+        return None
+    return cal
 
+
+def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False) -> Calibration:
+    """The platform's calibration, measured on first use and cached (written atomically under
+    the lock; read under a shared lock, so a read-only cache with a calibration in it works)."""
+    name = f"pypto-{pypto_version() or 'none'}-v4.json"  # v4: bandwidth from both stream paths
+    folder = cache_root() / "calibration" / platform.name
+    if not refresh and (folder / name).exists():
+        with file_lock(folder / ".lock", shared=True):
+            cal = _cached(folder / name)
+        if cal is not None:
+            return cal
+    folder = cache_dir("calibration", platform.name)
+    path = folder / name
+    with file_lock(folder / ".lock"):
+        cal = None if refresh else _cached(path)
+        if cal is not None:
+            return cal
         result = run_job(platform, "calibrate",
                          {"stream_shape": STREAM_SHAPE, "weight_stream_shape": WEIGHT_STREAM_SHAPE,
                           "matmul_shape": MATMUL_SHAPE, "vector_shape": VECTOR_SHAPE},
@@ -70,5 +101,5 @@ def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False
             vector_gops=m["vector"]["ops"] / (m["vector"]["sim_us"] * 1e-6) / 1e9,
             stream_us=m["stream"]["sim_us"], matmul_us=m["cube"]["sim_us"], vector_us=m["vector"]["sim_us"],
         )
-        path.write_text(json.dumps(asdict(cal), indent=2))
+        atomic_write_text(path, json.dumps(asdict(cal), indent=2))
         return cal

@@ -1,12 +1,13 @@
 """Parent side of the runtime: start a worker for one platform, pass tensors, collect results.
 
-The caller's tensors are pickled to the worker and never handed to pypto directly, so a
+The caller's tensors go to the worker as data (runtime/exchange.py) and are never handed to pypto directly, so a
 crash, a pypto bug or a verification path that writes zeros cannot touch them. Outputs come
 back as new tensors; the API copies the documented ones (outputs, cache rows) into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -14,8 +15,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from typing import Any
 import torch
 
 from qwenlayers.core.platform import Platform
-from qwenlayers.errors import KernelError, PlatformUnavailableError
+from qwenlayers.errors import InputError, KernelError, PlatformUnavailableError
+from qwenlayers.runtime.exchange import message_exists, read_message, write_message
 from qwenlayers.runtime.paths import cache_dir
 from qwenlayers.runtime.pyptoenv import pypto_version
 
@@ -69,6 +72,118 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text[-lines:])
 
 
+#: signals that end a run the way Ctrl-C does: the worker is stopped, its folder removed
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """While a worker runs, SIGTERM and SIGHUP raise SystemExit (exit code 128 + signal) in the
+    parent instead of killing it outright, so the cleanup in :func:`run_job` runs; without this
+    the worker, in its own session, would be left running, reparented to init. Only the main
+    thread can set handlers; elsewhere the handlers stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, _raise_exit) for sig in TERMINATING}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+GIB = 1024**3
+MEM_LIMIT_ENV = "QWENLAYERS_WORKER_MEM_LIMIT_GB"
+DEFAULT_MEM_LIMIT_FRACTION = 0.85
+POLL_S = 0.5
+
+
+class WorkerOverMemory(Exception):
+    def __init__(self, rss: int, limit: int) -> None:
+        super().__init__(rss, limit)
+        self.rss, self.limit = rss, limit
+
+
+def _machine_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_limit_bytes() -> int:
+    """The resident size at which a worker is stopped: ``QWENLAYERS_WORKER_MEM_LIMIT_GB``, or
+    85 % of the machine. Not the checked-run budget (QWENLAYERS_WORKER_MEM_GB, which sizes the
+    split): a hard stop, so a run the estimates did not foresee (a cost-model run of a huge
+    batch; an estimate that is off) fails with its figures instead of waking the OOM killer."""
+    text = os.environ.get(MEM_LIMIT_ENV, "").strip()
+    if not text:
+        return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes())
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = float("nan")
+    if not (gb > 0 and gb != float("inf")):
+        raise InputError(f"{MEM_LIMIT_ENV}={text!r} is not a memory limit; allowed: a finite number of GB > 0, "
+                         f"e.g. {MEM_LIMIT_ENV}=20 (or unset it for {DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine)")
+    return int(gb * GIB)
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Resident bytes of every process in process group ``pgid`` (the worker and its children)."""
+    total, page = 0, os.sysconf("SC_PAGE_SIZE")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                with open(f"/proc/{entry.name}/statm") as fh:
+                    total += int(fh.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int) -> int:
+    """Wait for the worker, watching its group's resident size; returns the peak seen."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    peak = 0
+    while proc.poll() is None:
+        rss = group_rss_bytes(proc.pid)
+        peak = max(peak, rss)
+        if rss > limit:
+            raise WorkerOverMemory(rss, limit)
+        if deadline is not None and time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+        try:
+            proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+    return peak
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """Stop a worker and everything it started (its process group): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            if sig == signal.SIGTERM:  # the leader is gone; its group may not be
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
 def run_job(
     platform: Platform,
     job: str,
@@ -95,7 +210,7 @@ def run_job(
     if not availability.ok:
         raise PlatformUnavailableError(f"platform {platform.name} cannot run here: {availability.reason}")
     run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job}-", dir=cache_dir("runs")))
-    job_path, result_path, log_path = run_dir / "job.pt", run_dir / "result.pt", run_dir / "worker.log"
+    job_path, result_path, log_path = run_dir / "job", run_dir / "result", run_dir / "worker.log"
     workarounds = registry.workarounds(platform).keys()
     payload = {
         "job": job,
@@ -104,24 +219,44 @@ def run_job(
         "log_path": str(log_path),
         "verify_passes": verify_passes,
         "values": values,
-        "workarounds": workarounds,
+        "workarounds": list(workarounds),
     }
-    torch.save(payload, job_path)
+    write_message(job_path, payload)
     env = worker_env(platform, run_dir, registry)
     cmd = [sys.executable, "-m", "qwenlayers.runtime.worker_main", str(job_path), str(result_path)]
     if on_start:
         on_start(run_dir)
     start = time.perf_counter()
-    try:
-        with open(log_path, "ab") as log:
-            proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise KernelError(
-            f"pypto worker for {job} on {platform.name} did not finish within {timeout:.0f} s; "
-            f"last {LOG_TAIL_LINES} log lines:\n{_tail(log_path)}\nrun folder kept: {run_dir}"
-        ) from None
+    with open(log_path, "ab") as log:
+        # its own session: a Ctrl-C at the terminal reaches the parent only, which then stops the
+        # worker's whole process group (pypto's build subprocesses included), see _stop
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with _exit_on_termination():
+                _wait(proc, timeout, memory_limit_bytes())
+        except WorkerOverMemory as over:
+            _stop(proc)
+            raise KernelError(
+                f"pypto worker for {job} on {platform.name} was stopped at {over.rss / GIB:.1f} GB resident: the limit is "
+                f"{over.limit / GIB:.1f} GB ({MEM_LIMIT_ENV}, default {DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine's memory), "
+                f"set so one run cannot take the machine down. A smaller batch or shorter sequences need less; a "
+                f"checked run is split by QWENLAYERS_WORKER_MEM_GB. Run folder kept: {run_dir}"
+            ) from None
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise KernelError(
+                f"pypto worker for {job} on {platform.name} did not finish within {timeout:.0f} s; "
+                f"last {LOG_TAIL_LINES} log lines:\n{_tail(log_path)}\nrun folder kept: {run_dir}"
+            ) from None
+        except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler: no worker left behind
+            _stop(proc)
+            if keep:
+                sys.stderr.write(f"qwenlayers: interrupted; worker stopped, run folder kept: {run_dir}\n")
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     wall = time.perf_counter() - start
-    result = torch.load(result_path, weights_only=False) if result_path.exists() else None
+    result = read_message(result_path) if message_exists(result_path) else None
     if proc.returncode != 0 or result is None or "error" in result:
         if proc.returncode < 0:
             how = f"was killed by {signal.Signals(-proc.returncode).name}"

@@ -1,7 +1,8 @@
 """Entry of the worker process: ``python -m qwenlayers.runtime.worker_main JOB RESULT``.
 
 Runs with the environment the platform plugin prepared; this is the only place pypto is
-imported. Results (or the error with its traceback) go to RESULT as a torch file.
+imported. JOB and RESULT are message stems (runtime/exchange.py: JSON + safetensors, data only);
+the result (or the error with its traceback) goes to RESULT.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import time
 import traceback
 from pathlib import Path
 
+from qwenlayers.runtime.exchange import read_message, write_message
+
 
 def main(job_path: str, result_path: str) -> int:
-    import torch
-
-    payload = torch.load(job_path, weights_only=False)
     started = time.perf_counter()
     try:
+        payload = read_message(Path(job_path))
         import pypto
 
         from qwenlayers.runtime import sim
@@ -38,10 +39,10 @@ def main(job_path: str, result_path: str) -> int:
         report.update({k: round(v, 3) for k, v in sim.PHASE_TIMES.items()})
         report["worker_s"] = round(time.perf_counter() - started, 3)
         report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        torch.save({"outputs": outputs, "report": report}, result_path)
+        write_message(Path(result_path), {"outputs": outputs, "report": report})
         return 0
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-        torch.save({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, result_path)
+        write_message(Path(result_path), {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
         return 1
 
 

@@ -131,75 +131,78 @@ def build_prefill(
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         # A. projections, norms and RoPE per token tile
-        for i in pypto.loop(n_tiles if loop_a else 0, name="LOOP_tok_qkv", idx_name="i"):
-            xt = pypto.view(x, [tt, h], [i * tt, 0])
-            ct = pypto.view(cos, [tt, 1, d], [i * tt, 0, 0])
-            sn = pypto.view(sin, [tt, 1, d], [i * tt, 0, 0])
-            q_groups, k_new, v_new = project_qkv(cfg, t, tt, eps, xt, w, ct, sn)
-            pypto.set_vec_tile_shapes(t.rows, d)
-            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(q_groups, [tt, qw]), fp32), bf16), [i * tt, 0], q_ws)
-            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(k_new, [tt, kw]), fp32), bf16), [i * tt, 0], k_ws)
-            pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(v_new, [tt, kw]), fp32), bf16), [i * tt, 0], v_ws)
-        # B. cache write and causal flash attention per (sequence, query tile)
-        for wi in pypto.loop(nw if loop_b else 0, name="LOOP_work", idx_name="wi"):
-            b = work[wi, 0]
-            length = work[wi, 1]
-            off = work[wi, 2]
-            qt = work[wi, 3]
-            qvalid = (length - qt * st).min(st)
-            n_blk = qt // per_blk + 1  # key blocks up to and including the one holding the diagonal
-            # mask block of the last key block: 1 + the query tile's position inside it (0 elsewhere)
-            diag = 1 + qt - (qt // per_blk) * per_blk
-            for hk in range(kvh):
-                base = (b * kvh + hk) * rows
-                pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], k_cache)
-                pypto.assemble(pypto.view(v_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], v_cache)
-                pypto.set_vec_tile_shapes(qhb, d)
-                qv = pypto.reshape(pypto.view(q_ws, [st, g * d], [off + qt * st, hk * g * d]), [qrows, d])
-                qv = pypto.cast(pypto.cast(qv, fp32), bf16)  # materialise the strided tile (a real op)
-                acc = pypto.tensor([qrows, d], fp32, "acc")
-                m_i = pypto.tensor([qrows, 1], fp32, "m_i")
-                l_i = pypto.tensor([qrows, 1], fp32, "l_i")
-                for blk in pypto.loop(n_blk, name="LOOP_kv", idx_name="blk"):
-                    kvalid = (length - blk * kb).min(kb)
-                    kv_k = pypto.view(k_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
-                    kv_v = pypto.view(v_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
-                    pypto.set_cube_tile_shapes([cube_m, cube_m], [d, d], [st, st])
-                    s = pypto.matmul(qv, kv_k, fp32, b_trans=True)  # [ST*G, KB]
-                    s = pypto.view(s, [qrows, kb], [0, 0], valid_shape=[qrows, kvalid])
-                    pypto.set_vec_tile_shapes(srows, st)
-                    # (blk + 1) // n_blk is 1 on the last block only: its causal mask, zeros before it
-                    mk = pypto.view(mask, [qrows, kb], [((blk + 1) // n_blk) * diag * qrows, 0], valid_shape=[qrows, kvalid])
-                    s = s * scale + mk
-                    m_blk = pypto.amax(s, -1, keepdim=True)
-                    if pypto.is_loop_begin(blk):
-                        p = pypto.exp(s - m_blk)
-                        l_i[:] = pypto.sum(p, -1, keepdim=True)
-                        m_i[:] = m_blk
-                        pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                        o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                        pypto.set_vec_tile_shapes(qhb, d)
-                        acc[:] = o
-                    else:
-                        m_new = pypto.maximum(m_i, m_blk)
-                        p = pypto.exp(s - m_new)
-                        alpha = pypto.exp(m_i - m_new)
-                        l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
-                        m_i[:] = m_new
-                        pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                        o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                        pypto.set_vec_tile_shapes(qhb, d)
-                        acc[:] = acc * alpha + o
-                    if pypto.is_loop_end(blk):
-                        res = pypto.reshape(acc / l_i, [st, g * d])
-                        pypto.set_vec_tile_shapes(t.rows, d)
-                        res = pypto.cast(pypto.view(res, [st, g * d], [0, 0], valid_shape=[qvalid, g * d]), bf16)
-                        pypto.assemble(res, [off + qt * st, hk * g * d], attn)
-        # C. o_proj, residual, MLP, residual per token tile
-        for i in pypto.loop(n_tiles if loop_c else 0, name="LOOP_tok_mlp", idx_name="i"):
-            xt = pypto.view(x, [tt, h], [i * tt, 0])
-            at = pypto.view(attn, [tt, qw], [i * tt, 0])
-            pypto.assemble(_tail(cfg, t, eps, xt, at, w, part), [i * tt, 0], out)
+        if loop_a:  # a part's program holds only its own loop (unused loops cost compile memory)
+            for i in pypto.loop(n_tiles, name="LOOP_tok_qkv", idx_name="i"):
+                xt = pypto.view(x, [tt, h], [i * tt, 0])
+                ct = pypto.view(cos, [tt, 1, d], [i * tt, 0, 0])
+                sn = pypto.view(sin, [tt, 1, d], [i * tt, 0, 0])
+                q_groups, k_new, v_new = project_qkv(cfg, t, tt, eps, xt, w, ct, sn)
+                pypto.set_vec_tile_shapes(t.rows, d)
+                pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(q_groups, [tt, qw]), fp32), bf16), [i * tt, 0], q_ws)
+                pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(k_new, [tt, kw]), fp32), bf16), [i * tt, 0], k_ws)
+                pypto.assemble(pypto.cast(pypto.cast(pypto.reshape(v_new, [tt, kw]), fp32), bf16), [i * tt, 0], v_ws)
+        if loop_b:
+            # B. cache write and causal flash attention per (sequence, query tile)
+            for wi in pypto.loop(nw, name="LOOP_work", idx_name="wi"):
+                b = work[wi, 0]
+                length = work[wi, 1]
+                off = work[wi, 2]
+                qt = work[wi, 3]
+                qvalid = (length - qt * st).min(st)
+                n_blk = qt // per_blk + 1  # key blocks up to and including the one holding the diagonal
+                # mask block of the last key block: 1 + the query tile's position inside it (0 elsewhere)
+                diag = 1 + qt - (qt // per_blk) * per_blk
+                for hk in range(kvh):
+                    base = (b * kvh + hk) * rows
+                    pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], k_cache)
+                    pypto.assemble(pypto.view(v_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], v_cache)
+                    pypto.set_vec_tile_shapes(qhb, d)
+                    qv = pypto.reshape(pypto.view(q_ws, [st, g * d], [off + qt * st, hk * g * d]), [qrows, d])
+                    qv = pypto.cast(pypto.cast(qv, fp32), bf16)  # materialise the strided tile (a real op)
+                    acc = pypto.tensor([qrows, d], fp32, "acc")
+                    m_i = pypto.tensor([qrows, 1], fp32, "m_i")
+                    l_i = pypto.tensor([qrows, 1], fp32, "l_i")
+                    for blk in pypto.loop(n_blk, name="LOOP_kv", idx_name="blk"):
+                        kvalid = (length - blk * kb).min(kb)
+                        kv_k = pypto.view(k_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
+                        kv_v = pypto.view(v_ws, [kb, d], [off + blk * kb, hk * d], valid_shape=[kvalid, d])
+                        pypto.set_cube_tile_shapes([cube_m, cube_m], [d, d], [st, st])
+                        s = pypto.matmul(qv, kv_k, fp32, b_trans=True)  # [ST*G, KB]
+                        s = pypto.view(s, [qrows, kb], [0, 0], valid_shape=[qrows, kvalid])
+                        pypto.set_vec_tile_shapes(srows, st)
+                        # (blk + 1) // n_blk is 1 on the last block only: its causal mask, zeros before it
+                        mk = pypto.view(mask, [qrows, kb], [((blk + 1) // n_blk) * diag * qrows, 0], valid_shape=[qrows, kvalid])
+                        s = s * scale + mk
+                        m_blk = pypto.amax(s, -1, keepdim=True)
+                        if pypto.is_loop_begin(blk):
+                            p = pypto.exp(s - m_blk)
+                            l_i[:] = pypto.sum(p, -1, keepdim=True)
+                            m_i[:] = m_blk
+                            pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
+                            o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
+                            pypto.set_vec_tile_shapes(qhb, d)
+                            acc[:] = o
+                        else:
+                            m_new = pypto.maximum(m_i, m_blk)
+                            p = pypto.exp(s - m_new)
+                            alpha = pypto.exp(m_i - m_new)
+                            l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
+                            m_i[:] = m_new
+                            pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
+                            o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
+                            pypto.set_vec_tile_shapes(qhb, d)
+                            acc[:] = acc * alpha + o
+                        if pypto.is_loop_end(blk):
+                            res = pypto.reshape(acc / l_i, [st, g * d])
+                            pypto.set_vec_tile_shapes(t.rows, d)
+                            res = pypto.cast(pypto.view(res, [st, g * d], [0, 0], valid_shape=[qvalid, g * d]), bf16)
+                            pypto.assemble(res, [off + qt * st, hk * g * d], attn)
+        if loop_c:
+            # C. o_proj, residual, MLP, residual per token tile
+            for i in pypto.loop(n_tiles, name="LOOP_tok_mlp", idx_name="i"):
+                xt = pypto.view(x, [tt, h], [i * tt, 0])
+                at = pypto.view(attn, [tt, qw], [i * tt, 0])
+                pypto.assemble(_tail(cfg, t, eps, xt, at, w, part), [i * tt, 0], out)
 
     return qwen3_prefill_layer
 

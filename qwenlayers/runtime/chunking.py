@@ -45,6 +45,11 @@ PREFILL_SIM_FACTOR = 0.45
 # head, and per key-block iteration (:func:`_attention_loop_capture`; fitted 2.1 / 1.5, plus 20 %).
 ITEM_CAPTURE = 2.5
 BLOCK_CAPTURE = 1.8
+# A loop-A/B/C program of a split checked prefill holds about this many copies of the whole
+# layer's weights beyond the one it is sent (they are all its arguments): qwen3-32b at 1,024
+# tokens, measured worker peaks minus the estimates without it were 4.1 (loop A), 4.05 (loop B,
+# one query tile) and 3.5 GB (loop C) for 0.975 GB of weights: 3.6-4.2x, taken as 4.5.
+PART_ARGS_FACTOR = 4.5
 
 
 def budget_bytes() -> int:
@@ -329,21 +334,25 @@ def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_til
     act = _tile_act_bytes(config, tt)
     front, o_w, full = _front_weight_bytes(config), _o_weight_bytes(config), config.weight_bytes()
 
-    def loop_cost(weights: int) -> Callable[[int, int], int]:
-        # the worker is sent every weight (the program's arguments), builds ops on ``weights``
-        return lambda a, b: int(BASE_BYTES + full + WEIGHT_FACTOR * weights + CAPTURE_FACTOR * (b - a) * (weights + act))
+    # a loop-A/B/C program takes every weight as an argument (its signature is the whole
+    # prefill's), and the interpreter holds copies of its arguments
+    args = int(PART_ARGS_FACTOR * full)
+
+    def loop_cost(weights: int, base: int = args) -> Callable[[int, int], int]:
+        # the worker is sent every weight, builds ops on ``weights``
+        return lambda a, b: int(BASE_BYTES + full + base + WEIGHT_FACTOR * weights + CAPTURE_FACTOR * (b - a) * (weights + act))
 
     items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
     all_act = _tile_act_bytes(config, tokens)
 
     def attend_cost(a: int, b: int) -> int:
-        return int(BASE_BYTES + full + 2 * all_act + _attention_loop_capture(config, lens, seq_tile, kv_block, items[a:b]))
+        return int(BASE_BYTES + full + args + 2 * all_act + _attention_loop_capture(config, lens, seq_tile, kv_block, items[a:b]))
 
     # the MLP: the intermediate shards and token groups that need the fewest workers
     inter, best = config.intermediate_size, None
     shards = 1
     while inter % (shards * mlp_step) == 0:
-        mlp_cost = loop_cost(mlp_weight_bytes(config, inter // shards))
+        mlp_cost = loop_cost(mlp_weight_bytes(config, inter // shards), 0)  # its own program: its weights only
         if mlp_cost(0, 1) <= limit:
             groups = _groups(tiles, mlp_cost, limit, "token tile of an MLP shard")
             rank = (shards * len(groups), max(g.estimate_bytes for g in groups))  # fewest workers, then most headroom
@@ -351,7 +360,7 @@ def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_til
                 best = (shards, groups)
         shards *= 2
     if best is None:
-        need = loop_cost(mlp_weight_bytes(config, inter // (shards // 2)))(0, 1)
+        need = loop_cost(mlp_weight_bytes(config, inter // (shards // 2)), 0)(0, 1)
         raise InputError(
             f"a checked prefill split over workers still needs about {need / GIB:.1f} GB for one token tile of the "
             f"narrowest MLP shard; the budget is {limit / GIB:.1f} GB. Raise QWENLAYERS_WORKER_MEM_GB, or use values=False")

@@ -43,6 +43,7 @@ from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.exchange import read_message, write_message
+from qwenlayers.runtime.worker import exit_on_termination
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT_S = 900.0  # per collective; a tiny rank program takes seconds, a 32B one minutes
@@ -208,6 +209,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+RANK_POLL_S = 0.5
+RANK_GRACE_S = 15.0
+
+
+def _stop_ranks(processes: list[Any]) -> None:
+    """SIGTERM every live rank (each then stops its own pypto worker group and removes its run
+    folder, see runtime/worker.run_job), wait, and SIGKILL what is left."""
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + RANK_GRACE_S
+    for proc in processes:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
 def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Progress) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
@@ -216,13 +235,19 @@ def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Pro
             write_message(Path(spec_dir) / f"rank{rank}", per_rank(rank))
         init = f"tcp://127.0.0.1:{_free_port()}"
         say(f"{job.tp} ranks ({job.backend}) running their shards")
+        ranks = mp.start_processes(_spawned_rank, args=(job, spec_dir, init), nprocs=job.tp, join=False, start_method="spawn")
         try:
-            mp.start_processes(_spawned_rank, args=(job, spec_dir, init), nprocs=job.tp, join=True, start_method="spawn")
+            with exit_on_termination():
+                while not ranks.join(timeout=RANK_POLL_S):
+                    pass
         except mp.ProcessRaisedException as exc:  # the other ranks were terminated, none waits
             raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} failed; the run was stopped:\n{exc}") from None
         except mp.ProcessExitedException as exc:
             raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} exited with code {exc.exit_code} "
                               f"(signal {exc.signal_name}); the run was stopped") from None
+        except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: no rank (nor its pypto worker) left behind
+            _stop_ranks(ranks.processes)
+            raise
         return [read_message(Path(spec_dir) / f"result{rank}") for rank in range(job.tp)]
 
 

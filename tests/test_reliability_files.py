@@ -264,3 +264,39 @@ def test_a_worker_past_the_memory_limit_is_stopped_with_its_figures(runnable_pla
     assert kept.is_dir()
     shutil.rmtree(kept)
     assert _worker_of(os.getpid()) is None  # no worker of this process left running
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+@pytest.mark.sim
+def test_sigterm_to_a_tensor_parallel_run_stops_every_rank_and_its_worker(runnable_platform):
+    cli = subprocess.Popen([sys.executable, "-m", "qwenlayers.cli", "run", "--tp", "2", "--phase", "prefill", "--model", "tiny",
+                            "--seq-len", "64", "-p", runnable_platform.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline and cli.poll() is None:
+        tree = _descendants(cli.pid)
+        workers = [p for p in tree if b"qwenlayers.runtime.worker_main" in _cmdline(p)]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the ranks never started their workers"
+    tree = _descendants(cli.pid)
+    cli.send_signal(signal.SIGTERM)
+    out = cli.communicate(timeout=120)[0].decode(errors="replace")
+    assert cli.returncode == 128 + signal.SIGTERM, out
+    time.sleep(0.5)
+    assert not [pid for pid in tree if _alive(pid)], "a rank or a worker outlived the run"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -81,7 +81,7 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _exit_on_termination() -> Iterator[None]:
+def exit_on_termination() -> Iterator[None]:
     """While a worker runs, SIGTERM and SIGHUP raise SystemExit (exit code 128 + signal) in the
     parent instead of killing it outright, so the cleanup in :func:`run_job` runs; without this
     the worker, in its own session, would be left running, reparented to init. Only the main
@@ -232,7 +232,7 @@ def run_job(
         # worker's whole process group (pypto's build subprocesses included), see _stop
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            with _exit_on_termination():
+            with exit_on_termination():
                 _wait(proc, timeout, memory_limit_bytes())
         except WorkerOverMemory as over:
             _stop(proc)

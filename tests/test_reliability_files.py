@@ -220,8 +220,6 @@ def _worker_of(cli_pid: int) -> int | None:
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGHUP, 128 + signal.SIGHUP),
                                        (signal.SIGINT, None)])
 def test_a_signal_to_the_cli_stops_its_worker_and_removes_the_run_folder(runnable_platform, sig, code):
-    runs = paths.cache_dir("runs")
-    before = set(runs.iterdir())
     cli = subprocess.Popen([sys.executable, "-m", "qwenlayers.cli", "run", "--phase", "prefill", "--model", "tiny",
                             "--seq-len", "64", "-p", runnable_platform.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -230,13 +228,15 @@ def test_a_signal_to_the_cli_stops_its_worker_and_removes_the_run_folder(runnabl
     assert worker is not None, "the run never started a worker"
     time.sleep(1.0)  # let the worker start its own subprocesses (pypto's compile)
     group = [worker, *_children(worker)]
-    mine = set(runs.iterdir()) - before
+    job = Path(_cmdline(worker).split(b"\0")[3].decode())  # python -m qwenlayers.runtime.worker_main JOB RESULT
+    mine = {job.parent}  # its run folder (not a diff of the cache: other runs may share it)
     cli.send_signal(sig)
     out = cli.communicate(timeout=60)[0].decode(errors="replace")
     assert (cli.returncode == code) if code else cli.returncode != 0, out
     assert "Traceback" not in out
     assert not [pid for pid in group if _alive(pid)], "a worker process outlived the run"
-    assert mine and not any(p.exists() for p in mine), f"run folder left behind: {mine}"
+    assert mine and all(p.is_relative_to(paths.cache_dir("runs")) for p in mine)
+    assert not any(p.exists() for p in mine), f"run folder left behind: {mine}"
 
 
 @pytest.mark.parametrize("value", ["garbage", "nan", "inf", "0", "-2"])

@@ -48,8 +48,10 @@ BLOCK_CAPTURE = 1.8
 # A loop-A/B/C program of a split checked prefill holds about this many copies of the whole
 # layer's weights beyond the one it is sent (they are all its arguments): qwen3-32b at 1,024
 # tokens, measured worker peaks minus the estimates without it were 4.1 (loop A), 4.05 (loop B,
-# one query tile) and 3.5 GB (loop C) for 0.975 GB of weights: 3.6-4.2x, taken as 4.5.
-PART_ARGS_FACTOR = 4.5
+# one query tile) and 3.5 GB (loop C) for 0.975 GB of weights: 3.6-4.2x. At 4.5 the rerun's
+# loop-A worker of 7 token tiles still peaked at 10.26 GB (estimated 9.84; of one tile 7.73,
+# estimated 7.46), so 4.8: the loop then splits 6 + 2.
+PART_ARGS_FACTOR = 4.8
 
 
 def budget_bytes() -> int:

@@ -180,7 +180,7 @@ def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tens
         kernel = build_prefill_reference(cfg, shape, plan, jit_options=ctx.jit_options())
         ws = _workspaces(prefill_reference_workspaces(cfg, shape, plan.seq_tile))
     else:
-        kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part)
+        kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part, only_part=ctx.values)
         ws = []
         for name, width in zip(WORKSPACES, (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width)):
             given = inputs.get(name)  # a split run hands loop B the workspaces loop A filled, loop C its attn

@@ -332,7 +332,7 @@ def _prefill_in_parts(
         done += 1
         say(f"prefill in parts, {'worker' if values else 'cost-model phase'} {done}/{total}: {what}")
         result = run_job(target, kind, job_inputs, registry=reg, verify_passes=verify_passes, values=values, keep=keep)
-        reports.append({**result.report, "phase_name": what})
+        reports.append(result.report)
         summaries.append(_chunk_summary(what, estimate, lens, result.report, result.wall_s))
         return result.outputs
 
@@ -405,7 +405,7 @@ def _phased_timing(target: Platform, reg: PlatformRegistry, inputs: dict[str, An
     if keep:
         say(f"joining the {len(reports)} phase traces into one")
         run_dir = Path(tempfile.mkdtemp(prefix=f"{target.name}-prefill-phased-", dir=cache_dir("runs")))
-        parts = [(r["phase_name"], Path(r["trace"])) for r in reports if r.get("trace")]
+        parts = [(summary["worker"], Path(r["trace"])) for summary, r in zip(summaries, reports) if r.get("trace")]
         if parts:
             timing["trace"] = str(join_traces(parts, run_dir / "phased.pefetto.trace.json"))
         timing["run_dir"] = str(run_dir)

@@ -207,13 +207,7 @@ def _alive(pid: int) -> bool:
 
 
 def _worker_of(cli_pid: int) -> int | None:
-    for pid in _children(cli_pid):
-        try:
-            if b"qwenlayers.runtime.worker_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    return None
+    return next((pid for pid in _children(cli_pid) if b"qwenlayers.runtime.worker_main" in _cmdline(pid)), None)
 
 
 @pytest.mark.sim

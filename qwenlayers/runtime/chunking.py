@@ -54,24 +54,31 @@ BLOCK_CAPTURE = 1.8
 PART_ARGS_FACTOR = 4.8
 
 
-def budget_bytes() -> int:
-    """Bytes one worker process may use: ``QWENLAYERS_WORKER_MEM_GB`` (GB) when set, else
-    :data:`DEFAULT_BUDGET_GB`.
+def env_bytes(name: str, what: str, example: str, default: str) -> int | None:
+    """Bytes from the environment variable ``name`` (in GB), or None when it is unset or empty.
 
-    Anything but a finite number > 0 is refused, naming the variable and its value, for decode
-    and prefill alike: ``garbage`` used to crash ``float()``, ``nan`` and ``inf`` made every
-    comparison meaningless, and ``0`` or a negative budget let decode plan while prefill refused."""
-    raw = os.environ.get("QWENLAYERS_WORKER_MEM_GB")
+    Anything but a finite number > 0 (at least one byte) is refused, naming the variable and its
+    value: ``garbage`` would crash ``float()``, ``nan`` and ``inf`` make every comparison
+    meaningless. ``what`` names the quantity, ``example`` a good value, ``default`` what unset gives."""
+    raw = os.environ.get(name)
     if raw is None or not raw.strip():
-        return int(DEFAULT_BUDGET_GB * GIB)
+        return None
     try:
         gb = float(raw)
     except ValueError:
         gb = float("nan")
     if not 0 < gb < float("inf") or int(gb * GIB) < 1:  # nan fails every comparison
-        raise InputError(f"QWENLAYERS_WORKER_MEM_GB={raw!r} is not a worker memory budget; allowed: a finite number "
-                         f"of GB > 0 (at least one byte), e.g. QWENLAYERS_WORKER_MEM_GB=10 (or unset it for the default {DEFAULT_BUDGET_GB:g})")
+        raise InputError(f"{name}={raw!r} is not {what}; allowed: a finite number of GB > 0 (at least one byte), "
+                         f"e.g. {name}={example} (or unset it for {default})")
     return int(gb * GIB)
+
+
+def budget_bytes() -> int:
+    """Bytes one worker process may use: ``QWENLAYERS_WORKER_MEM_GB`` (GB) when set, else
+    :data:`DEFAULT_BUDGET_GB`. The same rule for decode and prefill (:func:`env_bytes`): ``0`` or
+    a negative budget used to let decode plan while prefill refused."""
+    given = env_bytes("QWENLAYERS_WORKER_MEM_GB", "a worker memory budget", "10", f"the default {DEFAULT_BUDGET_GB:g}")
+    return int(DEFAULT_BUDGET_GB * GIB) if given is None else given
 
 
 def attention_weight_bytes(config: Qwen3Config) -> int:

@@ -70,14 +70,6 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def writable(path: Path) -> Path:
-    """``path`` (a cache folder) if this process may write in it; else an InputError that says so."""
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"the cache folder {path} is not writable; qwenlayers writes run folders, tuned plans and "
-                         f"calibrations there. Point {CACHE_ENV} at a writable folder of your own")
-    return path
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` so a reader sees the old or the new text, never a part (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

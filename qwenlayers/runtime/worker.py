@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from qwenlayers.core.platform import Platform
-from qwenlayers.errors import InputError, KernelError, PlatformUnavailableError
+from qwenlayers.errors import KernelError, PlatformUnavailableError
+from qwenlayers.runtime.chunking import GIB, env_bytes
 from qwenlayers.runtime.exchange import message_exists, read_message, write_message
 from qwenlayers.runtime.paths import cache_dir
 from qwenlayers.runtime.pyptoenv import pypto_version
@@ -97,7 +98,6 @@ def exit_on_termination() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-GIB = 1024**3
 MEM_LIMIT_ENV = "QWENLAYERS_WORKER_MEM_LIMIT_GB"
 DEFAULT_MEM_LIMIT_FRACTION = 0.85
 POLL_S = 0.5
@@ -118,17 +118,8 @@ def memory_limit_bytes() -> int:
     85 % of the machine. Not the checked-run budget (QWENLAYERS_WORKER_MEM_GB, which sizes the
     split): a hard stop, so a run the estimates did not foresee (a cost-model run of a huge
     batch; an estimate that is off) fails with its figures instead of waking the OOM killer."""
-    text = os.environ.get(MEM_LIMIT_ENV, "").strip()
-    if not text:
-        return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes())
-    try:
-        gb = float(text)
-    except ValueError:
-        gb = float("nan")
-    if not (gb > 0 and gb != float("inf")):
-        raise InputError(f"{MEM_LIMIT_ENV}={text!r} is not a memory limit; allowed: a finite number of GB > 0, "
-                         f"e.g. {MEM_LIMIT_ENV}=20 (or unset it for {DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine)")
-    return int(gb * GIB)
+    given = env_bytes(MEM_LIMIT_ENV, "a memory limit", "20", f"{DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine")
+    return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes()) if given is None else given
 
 
 def group_rss_bytes(pgid: int) -> int:
@@ -148,13 +139,11 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int) -> int:
-    """Wait for the worker, watching its group's resident size; returns the peak seen."""
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int) -> None:
+    """Wait for the worker, watching its group's resident size."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    peak = 0
     while proc.poll() is None:
         rss = group_rss_bytes(proc.pid)
-        peak = max(peak, rss)
         if rss > limit:
             raise WorkerOverMemory(rss, limit)
         if deadline is not None and time.monotonic() > deadline:
@@ -163,7 +152,6 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int) -> i
             proc.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             pass
-    return peak
 
 
 def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:

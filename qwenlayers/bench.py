@@ -113,7 +113,7 @@ def run_bench(
                     "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": cfg.name, "phase": phase, "platform": target.name,
                     "budgets": target.budgets.name, "default_budgets": target.budgets == target.default_budgets,
                     "batch": batch, "seq_len": seq_len, "sim_us": rep.sim_us, "total_cycles": rep.total_cycles,
-                    "tasks": rep.tasks, "pipe_usage_pct": rep.pipe_usage_pct, "compile_s": rep.compile_s,
+                    "arch": rep.arch, "cost_model_arch": rep.cost_model_arch, "lanes": rep.lanes, "tasks": rep.tasks, "pipe_usage_pct": rep.pipe_usage_pct, "compile_s": rep.compile_s,
                     "simulate_s": rep.simulate_s, "peak_rss_mb": rep.peak_rss_mb, "flops": work.flops, "bytes": work.bytes,
                     "roofline_us": cal_us, "roofline_bound": cal_bound,
                     "roofline_fraction": cal_us / rep.sim_us if rep.sim_us else None,

@@ -7,6 +7,7 @@ Every qwenlayers error is printed as one clear message and mapped to an exit cod
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from typing import Any, TextIO
@@ -20,8 +21,20 @@ from qwenlayers import __version__
 from qwenlayers.errors import QwenlayersError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Qwen3 layers as PyPTO kernels for Ascend NPUs.")
-out = Console()
-err = Console(stderr=True)
+#: Width of tables when the output is not a terminal (a pipe, a file, a CI log): rich would
+#: otherwise wrap to 80 columns and cut every bench column to a character or two. Tables take
+#: their natural width up to this; ``COLUMNS`` still wins when set.
+PIPED_WIDTH = 250
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def _print_error(exc: QwenlayersError) -> None:
@@ -77,7 +90,8 @@ def _platform_details(reg: Any) -> dict[str, Any]:
             continue
         try:
             found[r.name] = (reg.hooks_of(r.name), [
-                {"key": w.key, "summary": w.summary, "why": w.why, "remove_when": w.remove_when} for w in reg.workarounds(r.platform)
+                {"key": w.key, "kind": w.kind, "summary": w.summary, "why": w.why, "remove_when": w.remove_when}
+                for w in reg.workarounds(r.platform)
             ])
         except PluginHookError as exc:
             found[r.name] = exc
@@ -113,7 +127,10 @@ def _platform_rows(details: bool) -> list[dict[str, Any]]:
                     row.update(status="broken", usable=False, reason=str(got))
                 elif got is not None:
                     row["hooks"], row["workarounds"] = got
-        if r.status != "ok":  # broken, disabled, duplicate, override: the record says why
+        if r.status == "builtin":
+            row.update(usable=True, reason="the core's answers in every platform: pypto 0.2.0's workarounds, and the "
+                       "ini and cost model of a sim platform's descriptor")
+        elif r.status != "ok":  # broken, disabled, duplicate, override: the record says why
             row.update(usable=False, reason=r.error.splitlines()[0] if r.error else r.status)
         rows.append(row)
     return rows
@@ -154,7 +171,8 @@ def platforms(
                 for b in r.get("budget_sets", []):
                     out.print(f"  budget set [cyan]{b['name']}[/] (TILELET {b['tilelet_bytes']} B, TILE {b['tile_bytes']} B): {b['source']}")
                 for w in r.get("workarounds", []):
-                    out.print(f"  workaround [cyan]{w['key']}[/]: {w['summary']}\n    why: {w['why']}\n    remove when: {w['remove_when']}")
+                    label = "workaround (switch)" if w["kind"] == "switch" else "note"
+                    out.print(f"  {label} [cyan]{w['key']}[/]: {w['summary']}\n    why: {w['why']}\n    remove when: {w['remove_when']}")
 
 
 @app.command()

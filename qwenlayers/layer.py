@@ -107,7 +107,7 @@ def _build_report(
         tasks=timing.get("tasks", {}), lanes=timing.get("lanes", {}), pipe_usage_pct=timing.get("pipe_usage_pct", {}),
         compile_s=float(timing.get("compile_s", 0.0)), simulate_s=float(timing.get("simulate_s", 0.0)),
         wall_s=round(wall_total, 2), peak_rss_mb=max(int(r.get("peak_rss_mb", 0)) for r in [*reports, timing]),
-        verification=_merge_verification(reports), workarounds=reg.workarounds(target).keys(),
+        verification=_merge_verification(reports), workarounds=reg.workarounds(target).switches(),
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
         run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule, budgets=target.budgets.name,
     )

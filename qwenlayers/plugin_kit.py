@@ -1,22 +1,30 @@
-"""A base class for target plugins whose differences are data.
+"""Everything a target plugin needs, in one import: a base class whose differences are data,
+the descriptor types, the probes, the reference anchors, and helpers for budgets and sim variants.
 
 A plugin may implement the hooks as module functions (see the README's minimal plugin) or
 subclass :class:`TargetPlugin` and set class attributes; the entry point then names an
 instance (``qwenlayers_a5.plugin:plugin``). pluggy registers the instance's hookimpl methods.
+What every run on pypto 0.2.0 needs (its workarounds, the ini and cost model of a sim target)
+comes from the core's built-in plugin, so a plugin states facts only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.hookspecs import hookimpl
-from qwenlayers.core.platform import PYPTO_LIB_BUDGETS, Budgets, Buffers, Phase, Platform
+from qwenlayers.core.platform import PYPTO_LIB_BUDGETS, Budgets, Buffers, Cores, Figure, Phase, Platform
 from qwenlayers.core.tiling import TilingPlan, derive_plan
 from qwenlayers.core.workarounds import Workaround
+from qwenlayers.runtime.probes import npu_probe, sim_probe
+
+__all__ = [
+    "REFERENCE_000_ANCHORS", "UB_RESERVE_BYTES", "Budgets", "Buffers", "Cores", "Figure", "Platform", "TargetPlugin",
+    "TilingPlan", "Workaround", "derived_budgets", "hookimpl", "npu_probe", "reference_anchors", "sim_probe", "sim_variant",
+]
 
 #: pypto-lib reference 000's Qwen3-32B plan (TOK_TILE=4, K_CHUNK=128, *_OUT_CHUNK=64,
 #: Q_HEAD_BATCH=4, SEQ_TILE=64) with this project's measured schedule fields, for the
@@ -75,20 +83,42 @@ def derived_budgets(name: str, buffers: Buffers, *, op_tiles: int = 3, ub_reserv
                           f"{cube_slots} TILE tiles in L0A/L0B {min(buffers.l0a, buffers.l0b)} B" + (f"; {source}" if source else ""))
 
 
-class TargetPlugin:
-    """Hooks of one target from four pieces of data and one method."""
+def reference_anchors(**deltas: Mapping[str, Any]) -> dict[Phase, TilingPlan]:
+    """A target's anchor plans as deltas on :data:`REFERENCE_000_ANCHORS`: ``prefill={"tok_tile":
+    128, ...}`` changes those fields of the prefill anchor; a phase not named keeps the
+    reference's plan. One shared anchor, so two targets never hold two copies of it."""
+    unknown = set(deltas) - set(REFERENCE_000_ANCHORS)
+    if unknown:
+        raise ValueError(f"reference_anchors: no phase {sorted(unknown)}; allowed: {', '.join(REFERENCE_000_ANCHORS)}")
+    return {phase: replace(plan, source="", **dict(deltas.get(phase, {}))) for phase, plan in REFERENCE_000_ANCHORS.items()}
 
-    dist: ClassVar[str]  # distribution name, named in plan sources and errors
+
+def sim_variant(base: Platform, name: str, *, description: str | None = None, **changes: Any) -> Platform:
+    """``base`` simulated on the CPU (pypto's cost model and tensor-graph interpreter) as platform
+    ``name``, with ``changes`` to its fields (``cores=``, ``buffers=``, ...).
+
+    The core's built-in plugin then compiles and simulates exactly this descriptor: its arch,
+    cores and buffers go into pypto's ini and cost model. New ``buffers`` without new
+    ``budgets`` re-derive the budget set from them (:func:`derived_budgets`), since the base's
+    tiles may not fit a smaller buffer."""
+    if "buffers" in changes and "budgets" not in changes:
+        changes["budgets"] = derived_budgets(name, changes["buffers"], source=f"derived from {name}'s buffers")
+        changes.setdefault("budget_sets", ())
+    return replace(base, name=name, run_mode="sim", probe=sim_probe,
+                   description=description or f"{base.description}, simulated on the CPU (pypto SIM cost model + tensor-graph values)",
+                   **changes)
+
+
+class TargetPlugin:
+    """Hooks of one target from data: a descriptor, anchor plans, its own workarounds (if any)
+    and a collective backend. Plan sources name the distribution of the plugin's entry point."""
+
     platform: ClassVar[Platform]
     anchors: ClassVar[Mapping[Phase, TilingPlan]]  # plan per phase under the platform's own budgets, fitted to each model
     #: Plans per phase under the ``pypto-lib`` budget set (the reference's rules).
     pypto_lib_anchors: ClassVar[Mapping[Phase, TilingPlan]] = REFERENCE_000_ANCHORS
-    workarounds: ClassVar[Sequence[Workaround]] = ()
+    workarounds: ClassVar[Sequence[Workaround]] = ()  # this target's own; pypto 0.2.0's come from the core
     collective_backend: ClassVar[str | None] = None  # torch.distributed backend of TP runs ("gloo", "hccl")
-
-    def runtime_env(self, workdir: Path) -> dict[str, str]:
-        """Environment of the pypto worker; override for targets that need one."""
-        return {}
 
     @hookimpl
     def qwenlayers_platform(self) -> Platform:
@@ -101,7 +131,8 @@ class TargetPlugin:
 
     @hookimpl
     def qwenlayers_tiling_defaults(self, platform: Platform, config: Qwen3Config, phase: Phase) -> TilingPlan:
-        anchor = replace(self.anchors_for(platform.budgets)[phase], source=f"plugin {self.dist}")
+        # every anchor value is the plugin's choice; the registry names the distribution
+        anchor = replace(self.anchors_for(platform.budgets)[phase], source="").as_given()
         return derive_plan(anchor, config, platform, phase)
 
     @hookimpl
@@ -111,7 +142,3 @@ class TargetPlugin:
     @hookimpl
     def qwenlayers_collective_backend(self, platform: Platform) -> str | None:
         return self.collective_backend
-
-    @hookimpl
-    def qwenlayers_prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:
-        return self.runtime_env(workdir)

@@ -21,11 +21,12 @@ wrappers are refused at registration, since they cannot be called one at a time.
 
 from __future__ import annotations
 
+import difflib
 import os
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from qwenlayers.errors import (
     TilingError,
     UnknownPlatformError,
 )
+from qwenlayers.runtime import builtin_plugin
 
 ENTRY_POINT_GROUP = "qwenlayers.platforms"
 ENV_PLATFORM = "QWENLAYERS_PLATFORM"
@@ -122,6 +124,9 @@ class PlatformRegistry:
         if self._loaded:
             return self
         self._loaded = True
+        # the core's own answers (pypto 0.2.0's workarounds, the descriptor-driven runtime), first,
+        # so every plugin's implementations are called before it (pluggy: last registered first)
+        self._register(PluginRecord(builtin_plugin.NAME, builtin_plugin.DIST, "", builtin_plugin.__name__), builtin_plugin)
         disabled = _csv_env(ENV_DISABLE) or set()
         allowed = _csv_env(ENV_LOAD)
         for ep in sorted(self._entry_points(), key=lambda e: e.name):
@@ -180,7 +185,7 @@ class PlatformRegistry:
             return
         record.plugin = plugin
         if platform is None:
-            record.status = "override"
+            record.status = "builtin" if plugin is builtin_plugin else "override"
             self._add(record)
             return
         if not isinstance(platform, Platform):
@@ -253,10 +258,11 @@ class PlatformRegistry:
         disabled = [r for r in records if r.status == "disabled"]
         if disabled:
             raise UnknownPlatformError(f"platform {name!r} is {disabled[0].error}. Installed: {known}")
-        raise UnknownPlatformError(
-            f"unknown platform {name!r}. Installed: {known}. Install one with `pip install 'qwenlayers[{name}]'` "
-            "if such a plugin exists, or see `qwenlayers platforms`."
-        )
+        close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
+        hint = (f"Did you mean {close[0]!r}?" if close else
+                "Install a target plugin, e.g. `pip install 'qwenlayers[a5sim]'`, or from a checkout "
+                "`pip install -e plugins/<target>` (built wheels: `pip install --find-links dist qwenlayers-<target>`)")
+        raise UnknownPlatformError(f"unknown platform {name!r}. Installed: {known}. {hint}; see `qwenlayers platforms`.")
 
     def _describe_installed(self) -> str:
         parts = []
@@ -300,17 +306,18 @@ class PlatformRegistry:
         record = self.record(name)
         return sorted(h.name for h in (self.pm.get_hookcallers(record.plugin) or []))
 
-    def _call(self, hook: str, *, firstresult: bool, **kwargs: Any) -> list[Any]:
-        """The non-None results of ``hook``'s implementations for ``kwargs["platform"]``, called
-        one at a time in pluggy's order (the first only, when ``firstresult``), so that a failing
-        one is named and, for an override plugin, isolated (see the module docstring)."""
+    def _call(self, hook: str, *, firstresult: bool, **kwargs: Any) -> list[tuple[PluginRecord, Any]]:
+        """The non-None results of ``hook``'s implementations for ``kwargs["platform"]``, each with
+        the record of the plugin that gave it, called one at a time in pluggy's order (the first
+        only, when ``firstresult``), so that a failing one is named and, for an override plugin,
+        isolated (see the module docstring)."""
         platform: Platform = kwargs["platform"]
         results = []
         for impl in reversed(self._caller(hook, platform).get_hookimpls()):
             value = self._call_one(impl, hook, platform, kwargs)
             if value is None:
                 continue
-            results.append(value)
+            results.append((self._owner(impl.plugin), value))
             if firstresult:
                 break
         return results
@@ -342,6 +349,8 @@ class PlatformRegistry:
                    f"it must return {HOOK_RETURNS[hook][1]} or None, and not raise")
         remedy = (f"fix it or unregister it (registry.unregister({record.name!r}))" if in_process
                   else f"fix or upgrade {record.dist}, or block it with {ENV_DISABLE}={record.dist}")
+        if record.status == "builtin":  # the core's own: a bug to report, never skipped silently
+            raise PluginHookError(f"{message}. This is a qwenlayers bug; please report it with this message") from exc
         if record.platform is not None:
             raise PluginHookError(f"{message}. Platform {platform.name} cannot be used until then: {remedy}") from exc
         if self.pm.is_registered(record.plugin):
@@ -356,9 +365,12 @@ class PlatformRegistry:
         if phase not in PHASES:
             raise InputError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
         found = self._call("qwenlayers_tiling_defaults", firstresult=True, platform=platform, config=config, phase=phase)
-        plan = found[0] if found else None
-        if plan is None:
+        if not found:
             raise TilingError(f"no plugin gives a tiling for {config.name} {phase} on {platform.name}; pass plan= explicitly")
+        owner, plan = found[0]
+        if not plan.source:  # named after the distribution that answered, from its entry point
+            plan = replace(plan, source=f"plugin {owner.dist}")
+        plan = plan.with_defaults_marked()
         try:
             check_plan(plan, config, platform)
         except TilingError as exc:
@@ -367,20 +379,26 @@ class PlatformRegistry:
 
     def workarounds(self, platform: Platform) -> WorkaroundSet:
         results = self._call("qwenlayers_workarounds", firstresult=False, platform=platform)
-        return WorkaroundSet(w for batch in results for w in batch)
+        return WorkaroundSet(w for _, batch in reversed(results) for w in batch)  # the built-in's first
 
     def collective_backend(self, platform: Platform) -> str:
         """The torch.distributed backend of tensor-parallel ranks on ``platform`` (its plugin's choice)."""
         found = self._call("qwenlayers_collective_backend", firstresult=True, platform=platform)
-        backend = found[0] if found else None
+        backend = found[0][1] if found else None
         if not backend:
             raise PlatformUnavailableError(f"{self.record(platform.name).label} names no collective backend "
                                 "(hook qwenlayers_collective_backend), so it cannot run tensor parallel")
         return str(backend)
 
     def prepare_runtime(self, platform: Platform, workdir: Path) -> dict[str, str]:
-        found = self._call("qwenlayers_prepare_runtime", firstresult=True, platform=platform, workdir=workdir)
-        return dict(found[0]) if found else {}
+        """The worker's variables: the built-in plugin's, with every other answer laid over them
+        (``PYTHONPATH`` entries prepended, other names replaced; see the hookspec)."""
+        env: dict[str, str] = {}
+        for _, answer in reversed(self._call("qwenlayers_prepare_runtime", firstresult=False, platform=platform,
+                                             workdir=workdir)):
+            for key, value in answer.items():
+                env[key] = value + os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else value
+        return env
 
 
 def _refuse_wrappers(pm: pluggy.PluginManager, plugin: Any) -> None:
@@ -403,8 +421,3 @@ def get_registry() -> PlatformRegistry:
         _default = PlatformRegistry().load()
     return _default
 
-
-def reset_registry() -> None:
-    """Forget the process-wide registry (tests; after installing a plugin at run time)."""
-    global _default
-    _default = None

@@ -195,6 +195,7 @@ def _spawned_rank(rank: int, job: _Job, spec_dir: str, init_method: str) -> None
     """Entry point of a spawned rank: inputs from, and results to, ``spec_dir``."""
     import torch.distributed as dist
 
+    (Path(spec_dir) / f"started{rank}").touch()  # it got past importing the caller's script
     allreduce = _process_group(job, rank, init_method)
     try:
         inputs = read_message(Path(spec_dir) / f"rank{rank}")
@@ -243,8 +244,17 @@ def _launch_spawn(job: _Job, per_rank: Callable[[int], dict[str, Any]], say: Pro
         except mp.ProcessRaisedException as exc:  # the other ranks were terminated, none waits
             raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} failed; the run was stopped:\n{exc}") from None
         except mp.ProcessExitedException as exc:
-            raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} exited with code {exc.exit_code} "
-                              f"(signal {exc.signal_name}); the run was stopped") from None
+            how = f"was killed by {exc.signal_name}" if exc.signal_name else f"exited with code {exc.exit_code}"
+            if not (Path(spec_dir) / f"started{exc.error_index}").exists():
+                raise KernelError(
+                    f"tensor-parallel rank {exc.error_index} of {job.tp} {how} before it started its shard (its traceback "
+                    "is printed above). Ranks start with the spawn method, which imports the calling script again in "
+                    "every rank: a script that calls decode_tp or prefill_tp at its top level must do it under "
+                    "`if __name__ == \"__main__\":`. Under torchrun, pass launcher=\"env\" instead."
+                ) from None
+            raise KernelError(f"tensor-parallel rank {exc.error_index} of {job.tp} {how} while running its shard; the "
+                              "other ranks were stopped. Its output is above; rerun with keep=True (--keep) to keep its "
+                              "pypto run folder") from None
         except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: no rank (nor its pypto worker) left behind
             _stop_ranks(ranks.processes)
             raise

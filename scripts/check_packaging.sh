@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packaging check: build all wheels, gather their third-party dependencies into a wheelhouse,
-# then install qwenlayers[a5sim] into a fresh venv with no index at all and run it.
+# then install qwenlayers[a5sim] into a fresh venv with no index at all and run it. Only the
+# install step is offline: building the wheels and gathering the wheelhouse use the index.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d)}

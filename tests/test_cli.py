@@ -22,7 +22,11 @@ def test_platforms_json_lists_all_four_with_reasons():
 
 def test_platforms_table_and_details():
     res = runner.invoke(app, ["platforms", "--details"])
-    assert res.exit_code == 0 and "pypto-a5-target-selection" in res.output
+    assert res.exit_code == 0, res.output
+    # the core's built-in plugin answers for every sim platform; only a5sim's ini differs from pypto's
+    assert "workaround (switch) pypto-ini-overlay" in res.output and "note pypto-one-axis-broadcast" in res.output
+    details = res.output.split("\na5sim hooks:")[1].split("\na5 hooks:")[0] if "\na5 hooks:" in res.output else res.output
+    assert "pypto-ini-overlay" in details
 
 
 def test_plan_table_and_override():
@@ -38,6 +42,9 @@ def test_exit_codes():
     assert runner.invoke(app, ["plan", "-m", "tiny", "--phase", "sideways"]).exit_code == 2
     res = runner.invoke(app, ["smoke", "--platform", "a6"])
     assert res.exit_code == 3 and "unknown platform 'a6'" in res.output
+    assert "pip install -e plugins/<target>" in res.output and "--find-links dist" in res.output  # works from a checkout
+    res = runner.invoke(app, ["smoke", "--platform", "a5simm"])  # a typo: the closest installed name, no pip hint
+    assert res.exit_code == 3 and "Did you mean 'a5sim'?" in res.output and "qwenlayers[a5simm]" not in res.output
 
 
 @pytest.mark.sim

@@ -76,7 +76,8 @@ def test_duplicate_names_both_distributions():
 
 def test_entry_point_name_must_match_platform():
     reg = registry_with(FakeEP("y", plugin_for("z"), "acme-y"))
-    assert "describes platform 'z'" in reg.records()[0].error
+    (record,) = [r for r in reg.records() if r.name == "y"]
+    assert "describes platform 'z'" in record.error
 
 
 def test_selection_order(monkeypatch):

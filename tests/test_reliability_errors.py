@@ -283,7 +283,7 @@ def test_target_hook_that_raises_names_the_distribution_and_spares_the_others(us
     assert rows["acmechip"]["status"] == "broken" and "qwenlayers_workarounds raised RuntimeError" in rows["acmechip"]["reason"]
     assert rows["a5sim"]["status"] == "ok" and rows["a5sim"]["workarounds"]
     res = runner.invoke(app, ["platforms", "--details"])  # the table too
-    assert res.exit_code == 0 and "pypto-a5-target-selection" in res.output, res.output
+    assert res.exit_code == 0 and "pypto-ini-overlay" in res.output, res.output
 
 
 def test_target_hook_with_wrong_type_is_a_plugin_error(use_registry):

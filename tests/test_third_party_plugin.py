@@ -26,5 +26,13 @@ def test_dummy_plugin_installs_lists_and_selects(tmp_path):
     planned = subprocess.run([*cli, "plan", "-m", "tiny", "--phase", "decode", "--json"], env=env, capture_output=True, text=True, check=True)
     data = json.loads(planned.stdout)
     assert data["platform"] == "dummy" and data["plan"]["seq_tile"] == 32
+    origin = data["plan"]["origin"]  # what the plugin set, what it left at the defaults, what the core fitted
+    assert origin["seq_tile"] == origin["tok_tile"] == "plugin qwenlayers-dummy"
+    assert origin["cube_m"] == origin["stitch_loops"] == "default"
+    assert origin["kv_block"] == "plugin qwenlayers-dummy, fitted"
+    # the README's snippet, checked by the same code
+    readme = (HERE.parent / "README.md").read_text()
+    code = (HERE / "plugins" / "qwenlayers_dummy" / "src" / "qwenlayers_dummy" / "__init__.py").read_text()
+    assert code.split("\n", 1)[1].strip() in readme
     refused = subprocess.run([*cli, "smoke"], env=env, capture_output=True, text=True)
     assert refused.returncode == 3 and "dummy hardware does not exist" in refused.stderr

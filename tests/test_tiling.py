@@ -150,8 +150,21 @@ def test_task_merging_fields_are_plan_values_handed_to_pypto_as_pass_options():
     bare = TilingPlan(phase="decode", tok_tile=4, k_chunk=128, q_out_chunk=64, kv_out_chunk=64, mlp_out_chunk=64,
                       q_head_batch=4, seq_tile=64)
     assert (bare.cube_merge, bare.merge_copy_kb) == (PYPTO_CUBE_MERGE, PYPTO_MERGE_COPY_KB)
-    with pytest.raises(TilingError, match="cube_merge=0"):
+    with pytest.raises(TilingError, match=r"CUBE_MERGE=0 \(from user\)"):
         plan("tiny", "decode", platform="a5sim", overrides={"cube_merge": 0})
+
+
+def test_a_bad_user_value_is_blamed_on_the_user_not_the_plugin():
+    with pytest.raises(TilingError, match=r"SEQ_TILE=0 \(from user\)") as info:
+        plan("tiny", "prefill", platform="a5sim", overrides={"seq_tile": 0})
+    assert "plugin" not in str(info.value)
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_the_plugins_kv_block_follows_a_users_seq_tile(phase):
+    p = plan("qwen3-0.6b", phase, platform="a5sim", overrides={"seq_tile": 48})
+    assert p.seq_tile == 48 and p.kv_block % 48 == 0
+    assert p.origin_of("seq_tile") == "user" and p.origin_of("kv_block") == "plugin qwenlayers-a5sim, fitted"
 
 
 @pytest.mark.parametrize(("model", "overrides", "message"), [

@@ -210,8 +210,6 @@ PRESETS: dict[str, Qwen3Config] = {
     )
 }
 
-TEST_PRESETS = ("tiny", "tiny-mha", "tiny-gqa8")
-
 
 def preset(name: str) -> Qwen3Config:
     """Look up a preset by name (``qwen3-32b``, ``32b`` and ``Qwen3-32B`` all work)."""

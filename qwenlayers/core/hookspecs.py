@@ -4,9 +4,13 @@ A target plugin is a distribution with one entry point in the group ``qwenlayers
 the module it names holds ``@qwenlayers.hookimpl`` functions. That module must import nothing
 heavy (no pypto, no device runtime) at module level: loading it only describes the target.
 
-Per-platform hooks (tiling defaults, workarounds, runtime preparation) are called for the
-selected platform's plugin only, plus plugins registered without a platform (overrides), so a
-plugin never needs an ``if platform.name != ...`` guard. pluggy calls implementations
+Five hooks: ``qwenlayers_platform`` (firstresult), ``qwenlayers_tiling_defaults`` (firstresult),
+``qwenlayers_workarounds`` (all results concatenated), ``qwenlayers_prepare_runtime`` (all results
+merged) and ``qwenlayers_collective_backend`` (firstresult).
+
+Per-platform hooks (all but ``qwenlayers_platform``) are called for the selected platform's
+plugin only, plus plugins registered without a platform (overrides, and the core's built-in
+plugin), so a plugin never needs an ``if platform.name != ...`` guard. pluggy calls implementations
 last-registered first; an override plugin that must win uses ``@hookimpl(tryfirst=True)``.
 Implementations may accept any subset of a hook's parameters; parameters are only ever added.
 """
@@ -71,37 +75,45 @@ def qwenlayers_tiling_defaults(platform: Platform, config: Qwen3Config, phase: P
 
 @hookspec
 def qwenlayers_workarounds(platform: Platform) -> list[Workaround]:
-    """List the named workarounds the builders must honour on ``platform``.
+    """List the named workarounds in force on ``platform``.
 
-    When it is called: when a kernel is built for ``platform``, and by ``qwenlayers platforms
-    --details``. Results of all implementations are concatenated; a key declared twice is an
-    error.
+    When it is called: when a job is started on ``platform`` (the switches among them go to the
+    worker), and by ``qwenlayers platforms --details``. Results of all implementations are
+    concatenated; a key declared twice is an error. The core's built-in plugin declares pypto
+    0.2.0's own (the same on every target); a target plugin adds only its target's.
 
-    :returns: a list of :class:`~qwenlayers.core.workarounds.Workaround` (may be empty).
+    :param platform: the selected platform's descriptor.
+    :returns: a list of :class:`~qwenlayers.core.workarounds.Workaround` (may be empty):
+        ``switch`` records the runtime acts on, ``note`` records the builders are written around.
 
-    Implement in: target plugins and override plugins.
+    Implement in: the core's built-in plugin; target and override plugins for their own.
 
     .. versionadded:: 0.1
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def qwenlayers_prepare_runtime(platform: Platform, workdir: Path) -> dict[str, str] | None:
-    """Return the environment of the pypto worker process for ``platform``.
+    """Return environment variables of the pypto worker process for ``platform``.
 
     When it is called: before the runtime starts a worker process that imports pypto (pypto
     0.2.0 fixes its target at import time, so each platform gets its own process). ``workdir``
     is a persistent per-platform cache folder the plugin may write into (config files, a
     package overlay); it is the same across calls for one pypto version.
 
-    Stops at first non-None result.
+    All results are merged: the core's built-in plugin answers first for every sim platform
+    (the pypto ini of the descriptor's arch, cores and buffers, and its cost-model config, see
+    ``qwenlayers.runtime.pypto_target``), then each other implementation's variables are laid
+    over it (``PYTHONPATH`` entries are prepended, other names replaced). A target plugin
+    implements this only for what its descriptor cannot say.
 
-    :returns: environment variables to add for the worker (e.g. ``PYTHONPATH`` overlay,
-        ``TILEFWK_CONFIG_PATH``), or None to defer to the next implementation.
+    :param platform: the selected platform's descriptor.
+    :param workdir: the platform's persistent cache folder.
+    :returns: environment variables to add for the worker (str to str), or None for none.
 
-    Implement in: the target plugin.
+    Implement in: the core's built-in plugin; a target or override plugin that needs more.
 
-    .. versionadded:: 0.1
+    .. versionchanged:: 0.3 results are merged over the built-in plugin's (was ``firstresult``).
     """
 
 
@@ -115,6 +127,8 @@ def qwenlayers_collective_backend(platform: Platform) -> str | None:
     backend; a platform without an answer cannot run tensor parallel (a PlatformError says so).
 
     Stops at first non-None result.
+
+    :param platform: the selected platform's descriptor.
 
     :returns: a backend name ``torch.distributed.init_process_group`` accepts (a CPU backend
         for simulated ranks, the device's collective library for NPU ranks), or None to defer.

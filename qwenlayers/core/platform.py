@@ -117,7 +117,13 @@ class Platform:
 
     ``name`` equals the plugin's entry-point name. ``arch`` is the NPU arch pypto must compile for
     (its ``pypto.platform.npuarch`` string); ``backend`` the pypto-lib backend name. ``sim_arch`` is
-    the cost-model arch name for sim platforms (empty for npu ones).
+    the cost-model arch (``Model.deviceArch``) that simulates this target.
+
+    The descriptor drives what a sim run compiles for and simulates: the runtime writes pypto's
+    platform ini from ``pypto_ini`` (the target's own description, or pypto's installed one when
+    empty) with ``arch``, ``cores`` and ``buffers`` put into it, and the cost model from
+    ``sim_arch`` and ``cores``; a run whose pypto arch differs from ``arch`` is an error. So a
+    variant that changes a field gets exactly that field (``plugin_kit.sim_variant``).
     """
 
     name: str
@@ -131,6 +137,10 @@ class Platform:
     hbm_bandwidth: Figure
     bf16_peak: Figure
     sim_arch: str = ""
+    #: pypto's platform description of this target (the text of its platform ini: SoC and
+    #: compiler versions, frequencies); empty: the one pypto ships. Arch, cores and buffers in it
+    #: are always overwritten from this descriptor.
+    pypto_ini: str = field(default="", repr=False)
     probe: Callable[[], Availability] = field(default=_always_available, compare=False, hash=False, repr=False)
     #: Every budget set the platform offers, its own default first. Filled in from ``budgets``
     #: when empty; :data:`PYPTO_LIB_BUDGETS` is always added. ``budgets`` is the set in force.

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.platform import PHASES, Phase, Platform
@@ -50,6 +50,16 @@ PYPTO_CUBE_MERGE, PYPTO_MERGE_COPY_KB = 1, 100 * 1024
 #: leaves STITCH_LOOPS here runs as pypto would.
 PYPTO_STITCH_LOOPS = 50
 
+#: Origin tags (see TilingPlan.origin_of): a value the source gave, one the core derived, one
+#: left at the class default.
+SOURCE, DERIVED, DEFAULT = "source", "derived", "default"
+
+
+def _tagged(origin: tuple[tuple[str, str], ...], names: Iterable[str], tag: str) -> tuple[tuple[str, str], ...]:
+    merged = dict(origin)
+    merged.update({name: tag for name in names})
+    return tuple(sorted(merged.items()))
+
 
 @dataclass(frozen=True)
 class TilingPlan:
@@ -72,24 +82,25 @@ class TilingPlan:
     cube_merge: int = PYPTO_CUBE_MERGE
     merge_copy_kb: int = PYPTO_MERGE_COPY_KB
     stitch_loops: int = PYPTO_STITCH_LOOPS
-    source: str = "default"
+    source: str = ""  # who chose the values; the registry names the plugin when it is left empty
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise TilingError(f"TilingPlan.phase={self.phase!r}; allowed: {', '.join(PHASES)}")
-        if self.kv_block == 0:
-            object.__setattr__(self, "kv_block", self.seq_tile)
-        for name in ("score_cols", "qk_cols"):
-            if getattr(self, name) == 0:
-                object.__setattr__(self, name, self.seq_tile)
+        derived = [name for name in ("kv_block", "score_cols", "qk_cols") if getattr(self, name) == 0]
+        for name in derived:  # one SEQ_TILE: the value the plan's author left to the core
+            object.__setattr__(self, name, self.seq_tile)
+        if derived:
+            object.__setattr__(self, "origin", _tagged(self.origin, derived, DERIVED))
         for name in TILE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise TilingError(f"tile {name}={value!r} ({self.source}); every tile size must be a positive int")
+                raise TilingError(f"tile {name.upper()}={value!r} (from {self.origin_of(name)}); every tile size must be "
+                                  "a positive int")
 
     @classmethod
-    def per_phase(cls, source: str = "default", **values: int) -> "dict[Phase, TilingPlan]":
+    def per_phase(cls, source: str = "", **values: int) -> "dict[Phase, TilingPlan]":
         """The same tile sizes as a plan for each phase (how plugins declare their anchor)."""
         return {phase: cls(phase=phase, source=source, **values) for phase in PHASES}
 
@@ -144,7 +155,31 @@ class TilingPlan:
         return {name: getattr(self, name) for name in TILE_FIELDS}
 
     def origin_of(self, name: str) -> str:
-        return dict(self.origin).get(name, self.source)
+        """Where a value came from: ``user``, ``tuned``, the plan's source (e.g. ``plugin
+        <distribution>``), ``<source>, fitted`` for a value the core derived from it (fitted to
+        the model or the call, or following another field), or ``default`` for a field the
+        source left at its class default."""
+        tag = dict(self.origin).get(name, self.source)
+        if tag == SOURCE:
+            return self.source
+        if tag == DERIVED:
+            return f"{self.source}, fitted" if self.source else "fitted"
+        return tag
+
+    def as_given(self) -> "TilingPlan":
+        """Every value marked as the source's own choice (an anchor plan that names them all)."""
+        return replace(self, origin=_tagged(self.origin, TILE_FIELDS, SOURCE))
+
+    def fitted(self, **values: int) -> "TilingPlan":
+        """A copy with ``values`` the core derived (not the source's, not the user's)."""
+        return replace(self, **values, origin=_tagged(self.origin, values, DERIVED))
+
+    def with_defaults_marked(self) -> "TilingPlan":
+        """Fields with no recorded origin still at their class default are marked ``default``: the
+        source did not choose them (a minimal plugin names 7 of the 15)."""
+        untouched = [f.name for f in fields(self) if f.name in TILE_FIELDS and f.name not in dict(self.origin)
+                     and f.default is not MISSING and getattr(self, f.name) == f.default]
+        return replace(self, origin=_tagged(self.origin, untouched, DEFAULT)) if untouched else self
 
     def refittable(self, name: str) -> bool:
         """Whether ``name`` is a plugin default the plan may fit to a call (KV_BLOCK to the
@@ -159,9 +194,7 @@ class TilingPlan:
         unknown = sorted(set(norm) - set(TILE_FIELDS))
         if unknown:
             raise TilingError(f"unknown tile key(s) {', '.join(unknown)}; known: {', '.join(k.upper() for k in TILE_FIELDS)}")
-        origin = dict(self.origin) or {k: self.source for k in TILE_FIELDS}
-        origin.update({k: source for k in norm})
-        return replace(self, **norm, origin=tuple(sorted(origin.items())))
+        return replace(self, **norm, origin=_tagged(self.origin, norm, source))
 
     def cache_key(self) -> str:
         blob = json.dumps({"phase": self.phase, **self.values()}, sort_keys=True)
@@ -375,7 +408,8 @@ def derive_plan(anchor: TilingPlan, config: Qwen3Config, platform: Platform, pha
             if fits or value == 1:
                 break
             value //= 2
-        plan = replace(plan, **{name: value})
+        if value != getattr(plan, name):
+            plan = plan.fitted(**{name: value})
     plan = fit_block_cols(plan, config, platform)  # whole seq_tile tiles inside one kv_block
     check_plan(plan, config, platform)
     return plan
@@ -400,37 +434,39 @@ def fit_kv_block(plan: TilingPlan, lens: list[int], config: Qwen3Config, platfor
         while kb // 2 >= floor and (kb // 2) % plan.seq_tile == 0:
             kb //= 2
         if kb != plan.kv_block:
-            plan = replace(plan, kv_block=kb)
+            plan = plan.fitted(kv_block=kb)
     return fit_block_cols(plan, config, platform)
 
 
 def fit_block_cols(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> TilingPlan:
-    """The plugin's SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE and KV_BLOCK (and a
+    """The plugin's KV_BLOCK, SCORE_COLS and QK_COLS fitted to the plan's SEQ_TILE (and a
     prefill plan's Q_HEAD_BATCH to SEQ_TILE x G).
 
+    KV_BLOCK: the largest multiple of SEQ_TILE up to it (a user's SEQ_TILE=48 takes 256 to 240).
     SCORE_COLS: the largest multiple of SEQ_TILE up to it that divides KV_BLOCK (a user's
     KV_BLOCK=64 takes it from 128 to 64). QK_COLS: the largest SEQ_TILE x 2^j up to it that
     divides KV_BLOCK and splits head_dim into L0 k tiles whose bf16 rows keep the platform's
     alignment (the rules :func:`check_plan` applies). A user or tuned value is left as it is,
     for :func:`check_plan` to judge."""
-    st, kb, head_dim = plan.seq_tile, plan.kv_block, config.head_dim
+    st, head_dim = plan.seq_tile, config.head_dim
+    if plan.refittable("kv_block") and plan.kv_block % st:
+        # the plugin's KV_BLOCK follows a user's SEQ_TILE: whole seq_tile tiles per iteration
+        plan = plan.fitted(kv_block=max(st, plan.kv_block // st * st))
+    kb = plan.kv_block
     min_k_l0 = platform.budgets.align_bytes // BF16
     if plan.phase == "prefill" and plan.refittable("q_head_batch") and (st * config.group_size) % plan.q_head_batch:
         # the plugin's prefill Q_HEAD_BATCH follows a user's smaller SEQ_TILE: it must divide SEQ_TILE x G
-        plan = replace(plan, q_head_batch=math.gcd(plan.q_head_batch, st * config.group_size))
+        plan = plan.fitted(q_head_batch=math.gcd(plan.q_head_batch, st * config.group_size))
     if plan.refittable("score_cols"):
         cols = plan.score_cols
         fitted = next((c for c in range(cols - cols % st, 0, -st) if kb % c == 0), st)
         if fitted != cols:
-            plan = replace(plan, score_cols=fitted)
+            plan = plan.fitted(score_cols=fitted)
     if plan.refittable("qk_cols"):
         ladder = [st << j for j in range(32) if st << j <= max(plan.qk_cols, st)]
         fitted = next((c for c in reversed(ladder)
                        if kb % c == 0 and head_dim % (c // st) == 0 and head_dim // (c // st) >= min_k_l0), st)
         if fitted != plan.qk_cols:
-            plan = replace(plan, qk_cols=fitted)
+            plan = plan.fitted(qk_cols=fitted)
     return plan
 
-
-def plan_fields() -> list[str]:
-    return [f.name for f in fields(TilingPlan)]

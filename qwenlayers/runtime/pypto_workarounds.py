@@ -1,5 +1,6 @@
-"""Workarounds for pypto 0.2.0 itself, the same on every target; plugins include them in their
-``qwenlayers_workarounds`` answer. Target-specific ones live in the plugins."""
+"""Workarounds for pypto 0.2.0 itself, the same on every target. The built-in plugin
+(:mod:`qwenlayers.runtime.builtin_plugin`) declares them for every platform, so no target plugin
+copies them; target-specific records live in the plugins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from qwenlayers.core.workarounds import Workaround
 
 SIM_VERIFY_REAL_INPUTS = Workaround(
     key="pypto-sim-verify-real-inputs",
+    kind="switch",
     summary="the worker registers the real host tensors for pass verification, so SIM runs fill outputs in place",
     why=(
         "pypto 0.2.0 JitCallableWrapper._setup_verify_data registers CopyToHost copies, which without a device "
@@ -14,6 +16,18 @@ SIM_VERIFY_REAL_INPUTS = Workaround(
     ),
     upstream="none: pypto 0.2.0 frontend/parser/entry.py, SIM mode is not meant to return values",
     remove_when="pypto returns output values in SIM mode without patching (tests/test_smoke.py passes with the patch off)",
+)
+
+INI_OVERLAY = Workaround(
+    key="pypto-ini-overlay",
+    kind="switch",
+    summary="the worker imports a copy of pypto whose lib/configs/A2A3.ini is the descriptor's target (arch, cores, "
+    "buffers), when it differs from the ini pypto ships",
+    why="pypto 0.2.0 reads its compile arch only from <pypto>/lib/configs/A2A3.ini (PLATFORM_CONFIG_PATH is "
+    "never read; set_global_config reaches neither the compiler nor the cost model)",
+    upstream="pypto master adds per-SoC inis chosen by device_platform; not in 0.2.0",
+    remove_when="the installed pypto selects its arch and buffers from a documented setting (the what-if plugin "
+    "test still compiles for its own arch)",
 )
 
 ONE_AXIS_BROADCAST = Workaround(
@@ -44,5 +58,5 @@ LOOP_RESULTS_THROUGH_GM = Workaround(
     remove_when="core/kernels/decode.py with `attn = pypto.tensor(...)` instead of the argument runs and matches the golden",
 )
 
-PYPTO_020 = [ONE_AXIS_BROADCAST, NO_COND_IN_JIT, LOOP_RESULTS_THROUGH_GM]
-PYPTO_020_SIM = [SIM_VERIFY_REAL_INPUTS, *PYPTO_020]
+#: Notes: how the builders are written, on every target.
+BUILDER_NOTES = (ONE_AXIS_BROADCAST, NO_COND_IN_JIT, LOOP_RESULTS_THROUGH_GM)

@@ -29,6 +29,7 @@ from qwenlayers.errors import KernelError, PlatformUnavailableError
 from qwenlayers.runtime.chunking import GIB, env_bytes
 from qwenlayers.runtime.exchange import message_exists, read_message, write_message
 from qwenlayers.runtime.paths import cache_dir
+from qwenlayers.runtime.pypto_target import check_target
 from qwenlayers.runtime.pyptoenv import pypto_version
 
 LOG_TAIL_LINES = 40
@@ -40,7 +41,7 @@ class WorkerResult:
     report: dict[str, Any]
     wall_s: float
     kept_dir: Path | None = None
-    workarounds: list[str] = field(default_factory=list)  # keys the worker honoured
+    workarounds: list[str] = field(default_factory=list)  # switches the worker and runtime acted on
 
 
 def platform_workdir(platform: Platform) -> Path:
@@ -199,7 +200,7 @@ def run_job(
         raise PlatformUnavailableError(f"platform {platform.name} cannot run here: {availability.reason}")
     run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job}-", dir=cache_dir("runs")))
     job_path, result_path, log_path = run_dir / "job", run_dir / "result", run_dir / "worker.log"
-    workarounds = registry.workarounds(platform).keys()
+    workarounds = registry.workarounds(platform).switches()  # what the worker acts on; notes stay notes
     payload = {
         "job": job,
         "inputs": inputs,
@@ -207,7 +208,7 @@ def run_job(
         "log_path": str(log_path),
         "verify_passes": verify_passes,
         "values": values,
-        "workarounds": list(workarounds),
+        "workarounds": workarounds,
     }
     write_message(job_path, payload)
     env = worker_env(platform, run_dir, registry)
@@ -261,6 +262,7 @@ def run_job(
             f"repro: {plugin_env} {repro}\n(run folder kept: {run_dir})"
         )
     report = result["report"]
+    check_target(platform, report)
     if keep:
         kept: Path | None = run_dir
     else:

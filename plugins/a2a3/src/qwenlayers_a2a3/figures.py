@@ -5,11 +5,7 @@ Also used by qwenlayers-a2a3sim, which simulates this same target on the CPU.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from qwenlayers import Buffers, Cores, Figure, Platform
-from qwenlayers.plugin_kit import REFERENCE_000_ANCHORS, derived_budgets
-from qwenlayers.runtime.probes import npu_probe
+from qwenlayers.plugin_kit import Buffers, Cores, Figure, Platform, derived_budgets, npu_probe, reference_anchors
 
 INI = "pypto 0.2.0 lib/configs/A2A3.ini (Ascend910B1)"
 
@@ -34,16 +30,14 @@ A2A3 = Platform(
     budgets=BUDGETS,
     hbm_bandwidth=HBM,
     bf16_peak=BF16_PEAK,
+    sim_arch="A2A3",  # pypto_ini empty: pypto's own ini is this target's (Ascend910B1)
     probe=npu_probe,
 )
 
 #: Plans under this target's budgets (fitted to each model by derive_plan). Decode keeps the
 #: reference-000 schedule that reached 83.5 % at qwen3-32b; prefill uses the larger tiles the
 #: budgets allow (docs/prefill.md "Tiles under the target's budgets"); half the A5's vector rows (32 KB TILELET).
-ANCHORS = {
-    "decode": replace(REFERENCE_000_ANCHORS["decode"], source=""),
-    "prefill": replace(
-        REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=64, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
-        q_head_batch=64, seq_tile=128, cube_m=128, k_l1=512, stitch_loops=128, kv_block=512,
-    ),
-}
+ANCHORS = reference_anchors(prefill=dict(
+    tok_tile=64, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128, q_head_batch=64, seq_tile=128, cube_m=128,
+    k_l1=512, kv_block=512,
+))

@@ -5,18 +5,15 @@ Also used by qwenlayers-a5sim, which simulates this same target on the CPU.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from qwenlayers.plugin_kit import Buffers, Cores, Figure, Platform, derived_budgets, npu_probe, reference_anchors
 
-from qwenlayers import Buffers, Cores, Figure, Platform
-from qwenlayers.plugin_kit import REFERENCE_000_ANCHORS, derived_budgets
-from qwenlayers.runtime.probes import npu_probe
+INI_SOURCE = "upstream pypto master 950PR_957x.ini (as measured on pypto 0.2.0, docs/platforms.md)"
 
-INI_SOURCE = "upstream pypto master 950PR_957x.ini (as measured in shared/pypto-on-cpu.md)"
-
-#: pypto 0.2.0 reads its compile target only from <pypto>/lib/configs/A2A3.ini; this is the A5
-#: description that the a5sim plugin puts there (the file name must stay A2A3.ini).
+#: The A5's description for pypto 0.2.0 (its SoC and compiler versions, from upstream pypto
+#: master's 950PR ini); the core writes it, with this descriptor's arch, cores and buffers, where
+#: pypto reads its target (lib/configs/A2A3.ini) for a sim run.
 A5_INI = """\
-# A5 (Ascend950PR) description for pypto 0.2.0; written by qwenlayers-a5sim.
+# A5 (Ascend950PR) description for pypto 0.2.0; written by qwenlayers.
 [version]
 SoC_version=Ascend950PR_9579
 Short_SoC_version=Ascend950
@@ -64,16 +61,15 @@ A5 = Platform(
     budgets=BUDGETS,
     hbm_bandwidth=HBM,
     bf16_peak=BF16_PEAK,
+    sim_arch="A5",
+    pypto_ini=A5_INI,
     probe=npu_probe,
 )
 
 #: Plans under this target's budgets (fitted to each model by derive_plan). Decode keeps the
 #: reference-000 schedule that reached 83.5 % at qwen3-32b; prefill uses the larger tiles the
 #: budgets allow (docs/prefill.md "Tiles under the target's budgets").
-ANCHORS = {
-    "decode": replace(REFERENCE_000_ANCHORS["decode"], source=""),
-    "prefill": replace(
-        REFERENCE_000_ANCHORS["prefill"], source="", tok_tile=128, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128,
-        q_head_batch=128, seq_tile=128, cube_m=128, k_l1=512, stitch_loops=128, kv_block=512,
-    ),
-}
+ANCHORS = reference_anchors(prefill=dict(
+    tok_tile=128, q_out_chunk=128, kv_out_chunk=128, mlp_out_chunk=128, q_head_batch=128, seq_tile=128, cube_m=128,
+    k_l1=512, kv_block=512,
+))

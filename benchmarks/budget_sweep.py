@@ -22,7 +22,9 @@ from rich.table import Table
 
 from qwenlayers.core.config import preset
 from qwenlayers.registry import get_registry
+from qwenlayers.runtime.job_types import StageSweepJob
 from qwenlayers.runtime.worker import run_job
+from qwenlayers.target import resolve_target
 
 KB = 1024
 VECTOR_BUDGETS = (2 * KB, 8 * KB, 16 * KB, 32 * KB, 64 * KB)
@@ -57,12 +59,12 @@ def main() -> None:
     reg = get_registry()
     rows: list[dict[str, Any]] = []
     for name in args.platform.split(","):
-        target = reg.select(name, require_available=True)
+        target = resolve_target(name, registry=reg)
         for stage in args.stage.split(","):
             todo = points(args.model, [stage])
             start = time.perf_counter()
             with console.status(f"{stage} on {name}: {len(todo)} points …"):
-                result = run_job(target, "stage_sweep", {"points": todo}, registry=reg, values=False)
+                result = run_job(target, StageSweepJob(todo), values=False)
             wall = round(time.perf_counter() - start, 1)
             for p in result.outputs["points"]:
                 rows.append(record("budget_sweep", {"platform": name, "model": args.model, **p, "stage_wall_s": wall}))

@@ -20,7 +20,7 @@ from rich.console import Console
 
 import qwenlayers
 from qwenlayers.core.config import preset
-from qwenlayers.layer import random_inputs
+from qwenlayers.inputs import random_inputs
 
 
 def run_one(model: str, platform: str, batch: int, seq_len: int, seed: int, console: Console) -> dict:

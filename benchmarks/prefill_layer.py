@@ -25,7 +25,7 @@ from rich.console import Console
 import qwenlayers
 from qwenlayers.core.config import preset
 from qwenlayers.core.work import layer_work
-from qwenlayers.layer import random_inputs
+from qwenlayers.inputs import random_inputs
 from qwenlayers.registry import get_registry
 from qwenlayers.runtime.calibration import calibrate
 

@@ -36,7 +36,7 @@ _LAZY = {
     "decode": ("qwenlayers.layer", "decode"),
     "prefill": ("qwenlayers.layer", "prefill"),
     "LayerResult": ("qwenlayers.layer", "LayerResult"),
-    "LayerReport": ("qwenlayers.layer", "LayerReport"),
+    "LayerReport": ("qwenlayers.reports", "LayerReport"),
     "decode_tp": ("qwenlayers.tensor_parallel", "decode_tp"),
     "prefill_tp": ("qwenlayers.tensor_parallel", "prefill_tp"),
     "TPResult": ("qwenlayers.tensor_parallel", "TPResult"),

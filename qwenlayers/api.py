@@ -13,7 +13,11 @@ from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.errors import KernelError
+from qwenlayers.plans import resolve_plan
 from qwenlayers.registry import PlatformRegistry, get_registry
+from qwenlayers.runtime.job_types import RmsNormJob
+from qwenlayers.runtime.worker import run_job
+from qwenlayers.target import resolve_target
 
 
 def _registry(registry: PlatformRegistry | None) -> PlatformRegistry:
@@ -35,8 +39,6 @@ def plan(
     shape class of ``batch`` x ``seq_len`` when ``qwenlayers tune`` cached one, then user
     overrides; validated against the platform's budget set ``budgets`` (None: the plugin's own,
     ``"pypto-lib"``: the reference's 2 KB / 16 KB rules, offered on every platform)."""
-    from qwenlayers.layer import resolve_plan
-
     reg = _registry(registry)
     if isinstance(platform, Platform):
         target = platform.with_budgets(budgets) if budgets else platform
@@ -80,22 +82,12 @@ def smoke(
     arch (``report['npuarch']``), the cost model ran (``sim_us``), and the output came back filled
     by pypto's interpreter.
     """
-    reg = _registry(registry)
-    target = reg.select(platform, require_available=True)
+    target = resolve_target(platform, registry=_registry(registry))
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, hidden, generator=gen).bfloat16()
     g = (1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16()
-    vec_cols = min(hidden, max(32, target.budgets.tilelet_bytes * 8 // 4 // tokens))  # fp32 columns per vec tile
-    from qwenlayers.runtime.worker import run_job
-
-    result = run_job(
-        target,
-        "rmsnorm",
-        {"x": x, "g": g, "eps": eps, "vec_tile": (tokens, vec_cols)},
-        registry=reg,
-        verify_passes=True,
-        keep=keep,
-    )
+    vec_cols = min(hidden, max(32, target.platform.budgets.tilelet_bytes * 8 // 4 // tokens))  # fp32 columns per vec tile
+    result = run_job(target, RmsNormJob(x, g, eps, (tokens, vec_cols)), verify_passes=True, keep=keep)
     out = result.outputs["out"]
     ref = golden.rms_norm(x, g, eps)
     if out.shape != ref.shape:

@@ -24,8 +24,11 @@ from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.core.work import layer_work
 from qwenlayers.errors import InputError
+from qwenlayers.inputs import random_inputs
+from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.calibration import calibrate
+from qwenlayers.target import Target, resolve_target
 
 
 def default_results_dir() -> Path:
@@ -79,8 +82,6 @@ def run_bench(
     With ``baseline``, each point also runs the reference-schedule baseline of its phase
     (:mod:`qwenlayers.core.kernels.reference`) in the same process, cost model only, and records
     the speed-up and the task-count ratio of the fused kernel against it."""
-    from qwenlayers.layer import decode, prefill, random_inputs
-
     say = progress or (lambda _m: None)
     if phase not in ("decode", "prefill"):
         raise InputError(f"bench --phase {phase!r}; allowed: decode, prefill")
@@ -92,18 +93,18 @@ def run_bench(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     points: list[BenchPoint] = []
     total = len(platforms) * len(budgets) * len(batches) * len(seq_lens)
-    targets = [reg.select(name, require_available=True, budgets=b) for name in platforms for b in budgets]
-    for target in targets:
+    resolved = [resolve_target(name, budgets=b, registry=reg) for name in platforms for b in budgets]  # once each
+    for one in resolved:
+        target = one.platform
         say(f"calibrating {target.name} (once per pypto version)")
-        cal = calibrate(target, registry=reg)
+        cal = calibrate(one)
         for batch in batches:
             for seq_len in seq_lens:
                 say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name} ({target.budgets.name} budgets): "
                     f"batch {batch}, seq_len {seq_len}")
                 args = random_inputs(cfg, phase, [seq_len] * batch, seed=seed, max_seq=max(cfg.max_seq, seq_len))
                 run = decode if phase == "decode" else prefill
-                result = run(cfg, weights, **args, platform=target.name, budgets=target.budgets.name, check=check, values=check,
-                             keep=True, registry=reg)
+                result = run(cfg, weights, **args, platform=one, check=check, values=check, keep=True, registry=reg)
                 rep = result.report
                 trace = _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}")
                 work = layer_work(cfg, phase, [seq_len] * batch)
@@ -127,7 +128,7 @@ def run_bench(
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance,
-                    "baseline": _baseline(phase, cfg, weights, args, target, reg, rep, say) if baseline else None,
+                    "baseline": _baseline(phase, cfg, weights, args, one, reg, rep, say) if baseline else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
@@ -136,15 +137,12 @@ def run_bench(
     return points, plot
 
 
-def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Platform, reg: PlatformRegistry,
+def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target, reg: PlatformRegistry,
               ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """The reference-schedule baseline at the same point and budget set (cost model only) and our ratios to it."""
-    from qwenlayers.layer import decode, prefill
-
     say(f"  reference-schedule baseline on {target.name}")
     run = decode if phase == "decode" else prefill
-    ref = run(cfg, weights, **args, platform=target.name, budgets=target.budgets.name, values=False, schedule="reference",
-              registry=reg).report
+    ref = run(cfg, weights, **args, platform=target, values=False, schedule="reference", registry=reg).report
     ours_tasks, ref_tasks = sum(ours.tasks.values()), sum(ref.tasks.values())
     return {
         "schedule": "reference", "sim_us": ref.sim_us, "tasks": ref.tasks, "compile_s": ref.compile_s,

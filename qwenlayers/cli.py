@@ -6,11 +6,13 @@ Every qwenlayers error is printed as one clear message and mapped to an exit cod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import warnings
-from typing import Any, TextIO
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -19,6 +21,15 @@ from rich.table import Table
 
 from qwenlayers import __version__
 from qwenlayers.errors import QwenlayersError
+
+PLATFORM_HELP = "Target (default: $QWENLAYERS_PLATFORM or a5sim; see `qwenlayers platforms`)."
+BUDGETS_HELP = "Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."
+PlatformOpt = Annotated[str | None, typer.Option("--platform", "-p", help=PLATFORM_HELP)]
+BudgetsOpt = Annotated[str | None, typer.Option("--budgets", help=BUDGETS_HELP)]
+PhaseOpt = Annotated[Literal["decode", "prefill"], typer.Option("--phase",
+                                                                help="decode (one new token per sequence) or prefill (all tokens of each sequence, causal).")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table (errors too).")]
+KeepOpt = Annotated[bool, typer.Option("--keep", metavar="", help="Keep pypto's run folder (Perfetto trace, logs).")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Qwen3 layers as PyPTO kernels for Ascend NPUs.")
 #: Width of tables when the output is not a terminal (a pipe, a file, a CI log): rich would
@@ -43,9 +54,21 @@ def _print_error(exc: QwenlayersError) -> None:
     err.print(f"{type(exc).__name__}: {exc}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _fail(exc: QwenlayersError) -> None:
-    _print_error(exc)
+def _fail(exc: QwenlayersError, as_json: bool = False) -> NoReturn:
+    if as_json:  # a --json caller parses stdout: the error comes as JSON there too
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}, indent=2))
+    else:
+        _print_error(exc)
     raise typer.Exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _handled(as_json: bool = False) -> Iterator[None]:
+    """The one place a command's QwenlayersError becomes its message and its exit code."""
+    try:
+        yield
+    except QwenlayersError as exc:
+        _fail(exc, as_json)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -73,7 +96,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show versions of qwenlayers, plugins, pypto."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="", help="Show versions of qwenlayers, plugins, pypto."),
 ) -> None:
     """Build, run and check the Qwen3 decoder layer on Ascend targets (real or simulated)."""
 
@@ -138,14 +161,12 @@ def _platform_rows(details: bool) -> list[dict[str, Any]]:
 
 @app.command()
 def platforms(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    details: bool = typer.Option(False, "--details", help="Also show sources of every figure, hooks and workarounds."),
+    as_json: JsonOpt = False,
+    details: bool = typer.Option(False, "--details", metavar="", help="Also show sources of every figure, hooks and workarounds."),
 ) -> None:
     """List installed target platforms and whether each is usable on this machine."""
-    try:
+    with _handled(as_json):
         rows = _platform_rows(details)
-    except QwenlayersError as exc:
-        _fail(exc)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -178,13 +199,13 @@ def platforms(
 @app.command()
 def plan(
     model: str = typer.Option(..., "--model", "-m", help="Preset (qwen3-0.6b … qwen3-32b, tiny) or a HF config.json path."),
-    phase: str = typer.Option(..., "--phase", help="decode or prefill."),
-    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    phase: PhaseOpt = ...,
+    platform: PlatformOpt = None,
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, KEY=VALUE (repeatable), e.g. SEQ_TILE=128."),
-    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
+    budgets: BudgetsOpt = None,
     batch: int | None = typer.Option(None, "--batch", help="With --seq-len: show the tuned plan of this shape class, if any."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="With --batch: see --batch."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the tiling plan for a model and phase, each tile's bytes against its budget, and
     where each value came from (plugin default, tuned, or user)."""
@@ -194,18 +215,13 @@ def plan(
     from qwenlayers.core.config import preset
     from qwenlayers.core.tiling import TILE_FIELDS, parse_overrides, tile_checks
     from qwenlayers.core.weights import load_config
-    from qwenlayers.errors import InputError
     from qwenlayers.registry import get_registry
 
-    try:
-        if phase not in ("decode", "prefill"):
-            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
+    with _handled(as_json):
         cfg = load_config(model) if Path(model).exists() else preset(model)
         target = get_registry().select(platform, budgets=budgets)
         result = make_plan(cfg, phase, platform=target, overrides=parse_overrides(tile),  # type: ignore[arg-type]
                            batch=batch, seq_len=seq_len)
-    except QwenlayersError as exc:
-        _fail(exc)
     checks = tile_checks(result, cfg, target)
     if as_json:
         print(json.dumps({"platform": target.name, "model": cfg.name, "budgets": target.budgets.name, "plan": result.as_dict(), "tiles": [
@@ -261,18 +277,16 @@ def _report_table(title: str, report: dict[str, Any], extra: dict[str, Any]) -> 
 
 @app.command()
 def smoke(
-    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
-    keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    platform: PlatformOpt = None,
+    keep: KeepOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compile and run an RMSNorm kernel on the platform and check it against the golden."""
     from qwenlayers.api import smoke as run_smoke
 
-    try:
+    with _handled(as_json):
         with err.status(f"compiling and running the RMSNorm smoke kernel on {platform or 'the default platform'} …"):
             result = run_smoke(platform, keep=keep)
-    except QwenlayersError as exc:
-        _fail(exc)
     if as_json:
         print(json.dumps({"platform": result.platform, "ok": result.ok, "max_abs_err": result.max_abs_err,
                           "exact": result.exact, "wall_s": result.wall_s, "report": result.report}, indent=2, default=str))
@@ -327,25 +341,25 @@ def _seq_lens(batch: int, seq_len: int | None, seq_lens: str | None, max_seq: in
 
 @app.command()
 def run(
-    phase: str = typer.Option("decode", "--phase", help="decode (one new token per sequence) or prefill (all tokens of each sequence, causal)."),
+    phase: PhaseOpt = "decode",
     model: str = typer.Option("tiny", "--model", "-m", help="Preset name (see `qwenlayers plan --help`), or ignored with --weights."),
     batch: int = typer.Option(4, "--batch", "-b", help="Sequences (ignored with --seq-lens)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Every sequence's length, including the new token."),
     seq_lens: str | None = typer.Option(None, "--seq-lens", help="Per-sequence lengths, e.g. 1,64,200."),
-    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    platform: PlatformOpt = None,
     weights: str | None = typer.Option(None, "--weights", help="Hugging Face checkpoint folder (config.json + safetensors)."),
     layer: int = typer.Option(0, "--layer", help="Layer index to load with --weights."),
     tile: list[str] = typer.Option([], "--tile", help="Override a tile size, e.g. --tile SEQ_TILE=32 (repeatable)."),
-    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Compare with the golden math (default on)."),
-    verify_passes: bool = typer.Option(False, "--verify-passes", help="Also verify pypto's lowered passes (verdicts in the report)."),
-    cost_model_only: bool = typer.Option(False, "--cost-model-only", help="Simulate timing only: no output values, no check (any size)."),
+    budgets: BudgetsOpt = None,
+    check: bool = typer.Option(True, "--check/--no-check", metavar="", help="Compare with the golden math (default on)."),
+    verify_passes: bool = typer.Option(False, "--verify-passes", metavar="", help="Also verify pypto's lowered passes (verdicts in the report)."),
+    cost_model_only: bool = typer.Option(False, "--cost-model-only", metavar="", help="Simulate timing only: no output values, no check (any size)."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks (spawned on this host; under torchrun, its processes)."),
-    schedule: str = typer.Option("fused", "--schedule", help="fused (ours) or reference (the baseline schedule bench compares against)."),
+    schedule: Literal["fused", "reference"] = typer.Option("fused", "--schedule", help="fused (ours) or reference (the baseline schedule bench compares against)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and weights without --weights)."),
-    keep: bool = typer.Option(False, "--keep", help="Keep pypto's run folder (Perfetto trace, logs)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
-    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+    keep: KeepOpt = False,
+    as_json: JsonOpt = False,
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", metavar="",
                                          help="Run even with NaN/Inf in the weights (refused by default); the check then fails."),
 ) -> None:
     """Run one Qwen3 layer on a platform with random inputs and show where the time goes.
@@ -358,9 +372,7 @@ def run(
     from qwenlayers.core.weights import LayerWeights, load_config
     from qwenlayers.errors import InputError
 
-    try:
-        if phase not in ("decode", "prefill"):
-            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
+    with _handled(as_json):
         if weights:
             cfg = load_config(weights, name=f"{weights}#layer{layer}")
             w = LayerWeights.from_checkpoint(weights, layer, cfg)
@@ -379,14 +391,13 @@ def run(
             def progress(msg: str) -> None:
                 status.update(f"{cfg.name} {phase}: {msg} …")
 
-            from qwenlayers.layer import decode, prefill, random_inputs
+            from qwenlayers.inputs import random_inputs
+            from qwenlayers.layer import decode, prefill
 
             run_layer = decode if phase == "decode" else prefill
             result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, budgets=budgets,
                                plan=overrides, check=check and not cost_model_only, keep=keep, values=not cost_model_only,
                                verify_passes=verify_passes, schedule=schedule, progress=progress, allow_nonfinite=allow_nonfinite)
-    except QwenlayersError as exc:
-        _fail(exc)
     rep = result.report
     if as_json:
         print(json.dumps(rep.as_dict(), indent=2, default=str))
@@ -402,7 +413,7 @@ def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: st
     """``run --tp N``: spawn N ranks here, or be one rank of torchrun's (rank 0 prints)."""
     import os
 
-    from qwenlayers.layer import random_inputs
+    from qwenlayers.inputs import random_inputs
     from qwenlayers.tensor_parallel import decode_tp, prefill_tp
 
     launcher = "env" if {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ) else "spawn"
@@ -457,18 +468,18 @@ def _int_list(text: str, what: str) -> list[int]:
 
 @app.command()
 def bench(
-    phase: str = typer.Option("decode", "--phase", help="decode or prefill."),
+    phase: PhaseOpt = "decode",
     model: str = typer.Option("tiny", "--model", "-m", help="Preset name."),
     batch: str = typer.Option("1", "--batch", "-b", help="Batch size(s), e.g. 1,4,16."),
     seq_len: str = typer.Option("64", "--seq-len", help="Sequence length(s), e.g. 128,1024,4096."),
     platform: list[str] = typer.Option([], "--platform", "-p", help="Target(s) (repeatable; default: the default platform)."),
     budgets: list[str] = typer.Option([], "--budgets", help="Budget set(s) (repeatable): default (the plugin's own) and/or "
                                       "pypto-lib; two give both side by side."),
-    check: bool = typer.Option(False, "--check", help="Checked runs (values + golden) instead of cost-model runs."),
-    baseline: bool = typer.Option(True, "--baseline/--no-baseline",
+    check: bool = typer.Option(False, "--check", metavar="", help="Checked runs (values + golden) instead of cost-model runs."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", metavar="",
                                   help="Also run the reference-schedule baseline per point and show the ratios."),
     results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Sweep a layer over sizes and platforms: simulated µs, tasks, pipes, FLOPs, bytes, roofline.
 
@@ -478,15 +489,13 @@ def bench(
 
     from qwenlayers.bench import run_bench
 
-    try:
+    with _handled(as_json):
         batches, lens = _int_list(batch, "--batch"), _int_list(seq_len, "--seq-len")
         with err.status("bench …") as status:
             points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
                                           budgets=budgets or [None],
                                           results=Path(results) if results else None,
                                           progress=lambda m: status.update(m + " …"))
-    except QwenlayersError as exc:
-        _fail(exc)
     if as_json:
         print(json.dumps([p.record for p in points], indent=2, default=str))
         return
@@ -515,32 +524,27 @@ def bench(
 
 @app.command()
 def tune(
-    phase: str = typer.Option("decode", "--phase", help="decode or prefill."),
+    phase: PhaseOpt = "decode",
     model: str = typer.Option("tiny", "--model", "-m", help="Preset name."),
-    platform: str | None = typer.Option(None, "--platform", "-p", help="Target (default: $QWENLAYERS_PLATFORM or a5sim)."),
+    platform: PlatformOpt = None,
     batch: int = typer.Option(1, "--batch", "-b", help="Batch of the shape class to tune for."),
     seq_len: int = typer.Option(64, "--seq-len", help="Sequence length of the shape class to tune for."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds to search."),
     field: list[str] = typer.Option([], "--field", help="Only tune these plan fields (repeatable), e.g. --field SEQ_TILE."),
-    budgets: str | None = typer.Option(None, "--budgets", help="Budget set: the plugin's own (default) or pypto-lib (the reference's 2 KB / 16 KB)."),
+    budgets: BudgetsOpt = None,
 ) -> None:
     """Search the tiling plans the platform budgets allow, with the cost model, and cache the
     fastest as the default for (platform, model, phase, shape class)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from qwenlayers.errors import InputError
     from qwenlayers.tuning import tune as run_tune
 
-    try:
-        if phase not in ("decode", "prefill"):
-            raise InputError(f"--phase {phase!r}; allowed: decode, prefill")
+    with _handled():
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
             task = bar.add_task(f"tuning {model} {phase} (limit {time_limit:.0f} s) …", total=None)
             result = run_tune(phase, model, platform, batch=batch, seq_len=seq_len, time_limit_s=time_limit,
                               fields=[f.lower() for f in field] or None, budgets=budgets,
                               progress=lambda msg, n: bar.update(task, description=f"tuning {model} {phase}: {msg}"))
-    except QwenlayersError as exc:
-        _fail(exc)
     table = Table(title=f"tuned {result.key}: {result.default_us:.1f} µs -> {result.best_us:.1f} µs "
                         f"({result.default_us / result.best_us:.2f}x), {len(result.tried)} plans tried")
     table.add_column("key")

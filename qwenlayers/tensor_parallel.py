@@ -33,17 +33,24 @@ from typing import Any
 
 import torch
 
-from qwenlayers.core import contract, golden, packing
-from qwenlayers.core.compare import Comparison, compare, verdict
+from qwenlayers.call import LayerCall, prepare_call
+from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config, as_config
-from qwenlayers.core.platform import Phase
-from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, check_tp, shard_config, shard_plan
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, shard_config, shard_plan
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError
-from qwenlayers.registry import PlatformRegistry, get_registry
+from qwenlayers.inputs import random_inputs
+from qwenlayers.registry import PlatformRegistry
+from qwenlayers.reports import check_against_golden
+from qwenlayers.runtime.cache_rows import check_only_spans_written, trimmed
+from qwenlayers.runtime.chunking import cache_rows_needed
 from qwenlayers.runtime.exchange import read_message, write_message
-from qwenlayers.runtime.worker import exit_on_termination
+from qwenlayers.runtime.host_ops import residual_after_reduction, scatter_packed
+from qwenlayers.runtime.job_types import DecodeJob, MlpJob, PrefillJob
+from qwenlayers.runtime.worker import exit_on_termination, run_job
+from qwenlayers.target import Target
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT_S = 900.0  # per collective; a tiny rank program takes seconds, a 32B one minutes
@@ -79,6 +86,7 @@ class TPReport:
     max_abs_err: float | None = None
     cache_max_abs_err: float | None = None
     within_tolerance: bool | None = None
+    outside_elementwise: int | None = None  # as LayerReport.outside_elementwise
     nonfinite: dict[str, Any] | None = None  # as LayerReport.nonfinite
     check_failures: list[str] = field(default_factory=list)  # as LayerReport.check_failures
 
@@ -100,36 +108,36 @@ class TPResult:
     v_cache: torch.Tensor | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
-    """What every rank needs; each rank's own weights and cache shard are cut from it."""
+    """What every rank needs; each rank's own weights and cache shard are cut from it. The
+    target was resolved once in the caller and travels to the ranks as it is."""
 
     phase: Phase
-    platform: str
+    target: Target
     config: Qwen3Config  # full layer, max_seq of the caches
     tp: int
     plan: TilingPlan
     lens: list[int]
     values: bool
     timeout_s: float
-    backend: str
     fault_rank: int | None = None  # tests: this rank raises before its first collective
-    budgets: str | None = None  # the budget set every rank selects (None: the plugin's own)
+
+    @property
+    def backend(self) -> str:
+        return self.target.backend_for_tp()
 
 
 def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  rank: int) -> dict[str, Any]:
     """The rank's packed weight shard, its KV heads of the caches (trimmed to the rows the
     kernel may read), the replicated activations and RoPE rows."""
-    from qwenlayers.layer import _trimmed
-    from qwenlayers.runtime.chunking import cache_rows_needed
-
     sp = shard_plan(job.config, job.tp, rank)
     kv = slice(*sp.kv_heads)
     rows = cache_rows_needed(job.lens, job.plan.attention_block)
     inputs: dict[str, Any] = {
         "shard": sp, "weights": packing.pack_layer(weights.shard(rank, job.tp)),
-        "k_cache": _trimmed(k_cache[:, kv], rows), "v_cache": _trimmed(v_cache[:, kv], rows),
+        "k_cache": trimmed(k_cache[:, kv], rows), "v_cache": trimmed(v_cache[:, kv], rows),
     }
     d, theta = job.config.head_dim, job.config.rope_theta
     if job.phase == "decode":
@@ -143,22 +151,16 @@ def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache
 
 def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[[torch.Tensor], float]) -> dict[str, Any]:
     """One rank: attention program, all-reduce, residual, MLP program, all-reduce, residual."""
-    from qwenlayers.layer import residual_after_reduction
-    from qwenlayers.runtime.worker import run_job
-
-    reg = get_registry()
-    target = reg.select(job.platform, require_available=True, budgets=job.budgets)
     cfg = shard_config(job.config, job.tp)
     packed, hidden = inputs["weights"], inputs["hidden"]
     if job.fault_rank == rank:
         raise KernelError(f"injected fault on rank {rank} (fault_rank={rank})")
-    common = {"config": cfg, "plan": job.plan, "hidden": hidden, "weights": packed, "cos": inputs["cos"],
-              "sin": inputs["sin"], "k_cache": inputs["k_cache"], "v_cache": inputs["v_cache"]}
+    common = (cfg, job.plan, hidden, packed, inputs["cos"], inputs["sin"], inputs["k_cache"], inputs["v_cache"])
     if job.phase == "decode":
-        attn = run_job(target, "decode", {**common, "part": "attention_partial", "seq_lens": torch.tensor(job.lens, dtype=torch.int32)},
-                       registry=reg, values=job.values)
+        attn = run_job(job.target, DecodeJob(*common, torch.tensor(job.lens, dtype=torch.int32), part="partial_o_proj"),
+                       values=job.values)
     else:
-        attn = run_job(target, "prefill", {**common, "part": "attention", "seq_lens": job.lens}, registry=reg, values=job.values)
+        attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj"), values=job.values)
     o_part = attn.outputs["out"].float().contiguous()
     comm_s = allreduce(o_part)  # reduction point 1
     resid = residual_after_reduction(hidden, o_part)
@@ -167,9 +169,8 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     # one-program prefill; decode: the batch rows as one static program
     tile = job.plan.cube_m if job.phase == "prefill" else 0
     padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if tile and rows % tile and rows > tile else resid
-    mlp = run_job(target, "decode_mlp", {"config": cfg, "plan": job.plan, "resid": padded, "w_ln2": packed["w_ln2"],
-                                         "w_gu": packed["w_gu"], "w_down": packed["w_down"], "token_tile": tile},
-                  registry=reg, values=job.values)
+    mlp = run_job(job.target, MlpJob(cfg, job.plan, padded, packed["w_ln2"], packed["w_gu"], packed["w_down"], token_tile=tile),
+                  values=job.values)
     down = mlp.outputs["part"][:rows].float().contiguous()
     comm_s += allreduce(down)  # reduction point 2
     out = residual_after_reduction(resid, down)
@@ -291,33 +292,20 @@ def _run(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.
     return _launch_spawn(job, per_rank, say)
 
 
-def _prepare(phase: Phase, config: Any, tp: int, platform: str | None, plan: TilingPlan | Mapping[str, int] | None,
-             lens: list[int], max_seq: int, values: bool, timeout_s: float, fault_rank: int | None,
-             registry: PlatformRegistry | None, budgets: str | None = None) -> _Job:
-    from qwenlayers.layer import resolve_plan
-
-    cfg = as_config(config).with_max_seq(max_seq)
-    check_tp(cfg, tp)
-    reg = registry or get_registry()
-    target = reg.select(platform, require_available=True, budgets=budgets)
-    backend = reg.collective_backend(target)
-    the_plan = resolve_plan(reg, target, shard_config(cfg, tp), phase, plan, lens)  # the plugin sees the shard
-    return _Job(phase, target.name, cfg, tp, the_plan, lens, values, timeout_s, backend, fault_rank, target.budgets.name)
+def _prepare(call: LayerCall, tp: int, values: bool, timeout_s: float, fault_rank: int | None) -> _Job:
+    return _Job(call.phase, call.target, call.run_config, tp, call.plan, call.lens, values, timeout_s, fault_rank)
 
 
 def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_cache: torch.Tensor,
             spans: list[tuple[int, int]], wall: float) -> tuple[torch.Tensor, TPReport]:
     """Check every rank's cache shard, write back the documented rows, build the report."""
-    from qwenlayers.layer import _check_only_spans_written, _trimmed
-    from qwenlayers.runtime.chunking import cache_rows_needed
-
     rows = cache_rows_needed(job.lens, job.plan.attention_block)
     shards = [shard_plan(job.config, job.tp, r) for r in range(job.tp)]
     if job.values:
         for sp, res in zip(shards, results):
             kv = slice(*sp.kv_heads)
             for name, full in (("k_cache", k_cache), ("v_cache", v_cache)):
-                _check_only_spans_written(job.phase, f"{name} (rank {sp.rank})", _trimmed(full[:, kv], rows), res[name], spans, 0)
+                check_only_spans_written(job.phase, f"{name} (rank {sp.rank})", trimmed(full[:, kv], rows), res[name], spans, 0)
         for sp, res in zip(shards, results):  # every rank succeeded: write back, one replica per KV head
             if not sp.owns_kv:
                 continue
@@ -327,7 +315,7 @@ def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_c
                 v_cache[b, kv, start:stop] = res["v_cache"][b, :, start:stop]
     ranks = [_rank_report(sp, res) for sp, res in zip(shards, results)]
     tokens = len(job.lens) if job.phase == "decode" else sum(job.lens)
-    report = TPReport(job.phase, job.platform, job.config.name, job.tp, job.backend, len(job.lens), job.lens,
+    report = TPReport(job.phase, job.target.name, job.config.name, job.tp, job.backend, len(job.lens), job.lens,
                       job.plan.as_dict(), ranks, allreduce_bytes(tokens, job.config, job.tp), round(wall, 2))
     return results[0]["out"], report
 
@@ -350,7 +338,7 @@ def decode_tp(
     seq_lens: torch.Tensor,
     *,
     tp: int,
-    platform: str | None = None,
+    platform: str | Platform | Target | None = None,
     budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
@@ -371,22 +359,19 @@ def decode_tp(
     rank 0 gets the result (the others None). ``fault_rank`` makes that rank fail (tests).
     """
     say = progress or (lambda _m: None)
-    cfg = as_config(config)
-    lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
-    w = LayerWeights.coerce(weights, cfg)
-    contract.check_arguments("decode", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
-                             allow_nonfinite=allow_nonfinite)
-    job = _prepare("decode", cfg, tp, platform, plan, lens, k_cache.shape[2], values, timeout_s, fault_rank, registry, budgets)
+    call = prepare_call("decode", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
+    job = _prepare(call, tp, values, timeout_s, fault_rank)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
-    results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
+    results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)
     if results is None:
         return None
-    out, report = _finish(job, results, k_cache, v_cache, [(n - 1, n) for n in lens], time.perf_counter() - start)
-    if check and before is not None and values:
+    out, report = _finish(job, results, k_cache, v_cache, [(n - 1, n) for n in call.lens], time.perf_counter() - start)
+    if before is not None and values:
         say("golden decode")
-        ref, ref_k, ref_v = golden.decode(cfg, w, hidden, before[0], before[1], seq_lens)
-        _record(report, "decode", lens, (out, k_cache, v_cache), (ref, ref_k, ref_v))
+        check_against_golden(report, "decode", call.config, call.weights, hidden, seq_lens, call.lens, before, out,
+                             (k_cache, v_cache))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
@@ -399,7 +384,7 @@ def prefill_tp(
     tp: int,
     k_cache: torch.Tensor | None = None,
     v_cache: torch.Tensor | None = None,
-    platform: str | None = None,
+    platform: str | Platform | Target | None = None,
     budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
@@ -415,38 +400,22 @@ def prefill_tp(
     :func:`qwenlayers.prefill`: out [B, S, H] with padding rows zero; caches the caller's,
     written at rows 0..seq_len-1, or allocated; the same refusals, ``allow_nonfinite`` included)."""
     say = progress or (lambda _m: None)
-    cfg = as_config(config)
-    if (k_cache is None) != (v_cache is None):
-        raise InputError("pass both k_cache and v_cache, or neither (prefill then allocates them)")
-    batch = hidden.shape[0] if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 else 0
-    max_seq = (contract.check_caches(cfg, k_cache, v_cache, batch, torch.bfloat16, contiguous=True)
-               if k_cache is not None else cfg.max_seq)
-    lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
-    w = LayerWeights.coerce(weights, cfg)
-    contract.check_arguments("prefill", hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
-                             allow_nonfinite=allow_nonfinite)
-    if k_cache is None or v_cache is None:
-        shape = (batch, cfg.num_key_value_heads, max_seq, cfg.head_dim)
-        k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
-    job = _prepare("prefill", cfg, tp, platform, plan, lens, max_seq, values, timeout_s, fault_rank, registry, budgets)
+    call = prepare_call("prefill", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
+    k_cache, v_cache = call.k_cache, call.v_cache
+    job = _prepare(call, tp, values, timeout_s, fault_rank)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
-    results = _run(job, w, hidden, k_cache, v_cache, launcher, say)
+    results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)
     if results is None:
         return None
-    packed_out, report = _finish(job, results, k_cache, v_cache, [(0, n) for n in lens], time.perf_counter() - start)
+    packed_out, report = _finish(job, results, k_cache, v_cache, [(0, n) for n in call.lens], time.perf_counter() - start)
     out = torch.zeros_like(hidden)
-    offset = 0
-    for b, n in enumerate(lens):
-        out[b, :n] = packed_out[offset : offset + n]
-        offset += n
-    if check and before is not None and values:
+    scatter_packed(out, packed_out, call.lens)
+    if before is not None and values:
         say("golden prefill")
-        ref, ref_k, ref_v = golden.prefill(cfg, w, hidden, seq_lens, max_seq=max_seq)
-        for b, n in enumerate(lens):  # rows past seq_len are the caller's
-            ref_k[b][:, n:] = before[0][b][:, n:]
-            ref_v[b][:, n:] = before[1][b][:, n:]
-        _record(report, "prefill", lens, (out, k_cache, v_cache), (ref, ref_k, ref_v))
+        check_against_golden(report, "prefill", call.config, call.weights, hidden, seq_lens, call.lens, before, out,
+                             (k_cache, v_cache))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
@@ -457,7 +426,7 @@ def rank_cost(
     *,
     tp: int,
     rank: int = 0,
-    platform: str | None = None,
+    platform: str | Platform | Target | None = None,
     budgets: str | None = None,
     plan: TilingPlan | Mapping[str, int] | None = None,
     seed: int = 0,
@@ -466,29 +435,16 @@ def rank_cost(
     """One rank's two programs on the cost model (no values, no collectives): its simulated
     layer time at full size, cheaply. Every rank of a TP group compiles the same shapes, so
     rank 0 stands for all of them (``benchmarks/tp_decode.py``)."""
-    from qwenlayers.layer import random_inputs
-
     cfg = as_config(config)
     max_seq = max(cfg.max_seq, max(lens))
-    job = _prepare(phase, cfg, tp, platform, plan, lens, max_seq, False, DEFAULT_TIMEOUT_S, None, registry, budgets)
     w = LayerWeights.random(cfg, seed=seed)
     inputs = random_inputs(cfg, phase, lens, seed=seed, max_seq=max_seq)
-    if phase == "decode":
-        k_cache, v_cache = inputs["k_cache"], inputs["v_cache"]
-    else:
+    k_cache, v_cache = (inputs["k_cache"], inputs["v_cache"]) if phase == "decode" else (None, None)
+    if phase == "prefill":
         shape = (len(lens), cfg.num_key_value_heads, max_seq, cfg.head_dim)
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
-    res = _run_rank(job, rank, _rank_inputs(job, w, inputs["hidden"], k_cache, v_cache, rank), lambda _t: 0.0)
+    call = prepare_call(phase, cfg, w, inputs["hidden"], inputs["seq_lens"], k_cache, v_cache, platform=platform,
+                        budgets=budgets, plan=plan, registry=registry, allow_nonfinite=False, tp=tp)
+    job = _prepare(call, tp, False, DEFAULT_TIMEOUT_S, None)
+    res = _run_rank(job, rank, _rank_inputs(job, w, inputs["hidden"], call.k_cache, call.v_cache, rank), lambda _t: 0.0)
     return _rank_report(shard_plan(job.config, tp, rank), res)
-
-
-def _record(report: TPReport, phase: Phase, lens: list[int], got: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...]) -> None:
-    """Record the check of (out, k_cache, v_cache) as :func:`qwenlayers.layer.decode` does: rows
-    the layer must not write compared bit for bit, any NaN or Inf elsewhere a failure."""
-    through = contract.passthrough_rows(phase, lens, got[1].shape[2])
-    comparisons: dict[str, Comparison] = {"out": compare(got[0], ref[0])}
-    for name, c, r in zip(("k_cache", "v_cache"), got[1:], ref[1:]):
-        comparisons[name] = compare(c, r, passthrough=through)
-    v = verdict(comparisons)
-    report.max_abs_err, report.cache_max_abs_err, report.within_tolerance = v.max_abs_err, v.cache_max_abs_err, v.ok
-    report.nonfinite, report.check_failures = v.nonfinite, v.failures

@@ -78,4 +78,4 @@ def test_run_bad_options_exit_2_with_the_reason():
     res = runner.invoke(app, ["run", "--seq-len", "300"])  # tiny has MAX_SEQ 256
     assert res.exit_code == 2 and "1 <= seq_len <= 256" in res.output
     res = runner.invoke(app, ["run", "--phase", "train"])
-    assert res.exit_code == 2 and "allowed: decode" in res.output
+    assert res.exit_code == 2 and "Invalid value for '--phase'" in res.output and "'train' is not one of" in res.output

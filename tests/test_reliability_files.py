@@ -149,12 +149,12 @@ def test_a_calibration_with_no_real_rate_is_not_a_calibration(tmp_path):
 
 def test_a_corrupt_tuned_plan_file_falls_back_to_the_default_plan(tmp_path, monkeypatch):
     import qwenlayers
-    from qwenlayers import tuning
+    from qwenlayers import plans
 
     monkeypatch.setenv("QWENLAYERS_TUNED_DIR", str(tmp_path))
     cfg = preset("tiny")
     default = qwenlayers.plan(cfg, "decode", platform="a5sim", batch=1, seq_len=64)
-    store = tuning._store(qwenlayers.registry.get_registry().select("a5sim"))
+    store = plans._store(qwenlayers.registry.get_registry().select("a5sim"))
     for text in ("garbage", '{"a": 1', "[1, 2]", json.dumps({"k": {"values": {"tok_tile": "16"}}})):
         store.write_text(text)
         with pytest.warns(CacheWarning, match=str(store.name)):

@@ -24,7 +24,8 @@ from qwenlayers.core import contract
 from qwenlayers.core.compare import compare, verdict
 from qwenlayers.core.config import Qwen3Config, as_config, preset
 from qwenlayers.errors import CheckpointError, InputError, UnknownPlatformError
-from qwenlayers.layer import _compare_layer, random_inputs
+from qwenlayers.inputs import random_inputs
+from qwenlayers.reports import compare_layer as _compare_layer
 
 runner = CliRunner()
 NOWHERE = "no-such-platform"  # reached only once every input check passed

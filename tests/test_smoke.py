@@ -9,8 +9,10 @@ import torch
 
 import qwenlayers
 from qwenlayers.errors import KernelError
+from qwenlayers.runtime.job_types import RmsNormJob
 from qwenlayers.runtime.paths import cache_root
 from qwenlayers.runtime.worker import run_job
+from qwenlayers.target import resolve_target
 
 pytestmark = pytest.mark.sim
 
@@ -35,7 +37,7 @@ def test_kernel_output_is_not_the_input_and_inputs_survive(runnable_platform):
     x = torch.randn(16, 256, generator=gen).bfloat16()
     g = torch.ones(256).bfloat16()
     x0 = x.clone()
-    res = run_job(runnable_platform, "rmsnorm", {"x": x, "g": g, "eps": 1e-6, "vec_tile": (16, 32)})
+    res = run_job(resolve_target(runnable_platform), RmsNormJob(x, g, 1e-6, (16, 32)))
     assert torch.equal(x, x0)
     assert not torch.equal(res.outputs["out"], torch.zeros_like(x))
     # The kernel sums x^2 in 32-column tiles, torch in one pass: the fp32 sums can differ in the
@@ -45,8 +47,10 @@ def test_kernel_output_is_not_the_input_and_inputs_survive(runnable_platform):
 
 
 def test_worker_failure_is_a_kernel_error_with_log_tail(runnable_platform):
-    with pytest.raises(KernelError, match=r"(?s)pypto worker for no-such-job on platform .* exited with code 1.*KeyError.*repro:") as info:
-        run_job(runnable_platform, "no-such-job", {})
+    x = torch.zeros(16, 256).bfloat16()
+    wrong = torch.ones(128).bfloat16()  # a gain of the wrong width: the kernel cannot be run on it
+    with pytest.raises(KernelError, match=r"(?s)pypto worker for rmsnorm on platform .* exited with code 1.*Error.*repro:") as info:
+        run_job(resolve_target(runnable_platform), RmsNormJob(x, wrong, 1e-6, (16, 32)))
     kept = re.search(r"run folder kept: (\S+)\)", str(info.value))
     assert kept and Path(kept.group(1)).is_dir()  # kept for the user to debug; the test cleans up after itself
     shutil.rmtree(kept.group(1))

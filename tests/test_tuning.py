@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import qwenlayers
 from qwenlayers.cli import app
-from qwenlayers.tuning import shape_class
+from qwenlayers.plans import shape_class
 
 runner = CliRunner()
 

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qwenlayers.core.platform import Platform
+from qwenlayers.runtime.job_types import CalibrateJob
 from qwenlayers.runtime.paths import CacheWarning, atomic_write_text, cache_dir, cache_root, file_lock, read_json
 from qwenlayers.runtime.pyptoenv import pypto_version
 from qwenlayers.runtime.worker import run_job
+from qwenlayers.target import Target
 
 STREAM_SHAPE = (4096, 4096)
 WEIGHT_STREAM_SHAPE = (16, 4096, 8192)  # rows x [in, out]: a 64 MB weight
@@ -72,9 +73,10 @@ def _cached(path: Path) -> Calibration | None:
     return cal
 
 
-def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False) -> Calibration:
+def calibrate(target: Target, *, refresh: bool = False) -> Calibration:
     """The platform's calibration, measured on first use and cached (written atomically under
     the lock; read under a shared lock, so a read-only cache with a calibration in it works)."""
+    platform = target.platform
     name = f"pypto-{pypto_version() or 'none'}-v4.json"  # v4: bandwidth from both stream paths
     folder = cache_root() / "calibration" / platform.name
     if not refresh and (folder / name).exists():
@@ -88,10 +90,7 @@ def calibrate(platform: Platform, *, registry: Any = None, refresh: bool = False
         cal = None if refresh else _cached(path)
         if cal is not None:
             return cal
-        result = run_job(platform, "calibrate",
-                         {"stream_shape": STREAM_SHAPE, "weight_stream_shape": WEIGHT_STREAM_SHAPE,
-                          "matmul_shape": MATMUL_SHAPE, "vector_shape": VECTOR_SHAPE},
-                         registry=registry, values=False)
+        result = run_job(target, CalibrateJob(STREAM_SHAPE, WEIGHT_STREAM_SHAPE, MATMUL_SHAPE, VECTOR_SHAPE), values=False)
         m = result.outputs["measured"]
         vector_gb_s, cube_gb_s = (m[name]["bytes"] / (m[name]["sim_us"] * 1e-6) / 1e9 for name in ("stream", "weight_stream"))
         cal = Calibration(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.reference import projection_loops
+from qwenlayers.core.parts import Part
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.errors import InputError
 
@@ -103,8 +104,8 @@ def attention_capture_bytes(config: Qwen3Config, lens: list[int], block: int) ->
     return int(CAPTURE_FACTOR * cache * (1 + loop_calls))
 
 
-def estimate(config: Qwen3Config, lens: list[int], block: int, *, part: str) -> int:
-    """Estimated peak bytes of one worker computing values for ``part`` (layer or attention)."""
+def estimate(config: Qwen3Config, lens: list[int], block: int, *, part: Part) -> int:
+    """Estimated peak bytes of one worker computing values for ``part`` (layer or to_residual)."""
     weights = config.weight_bytes() if part == "layer" else attention_weight_bytes(config)
     return int(BASE_BYTES + WEIGHT_FACTOR * weights + attention_capture_bytes(config, lens, block))
 
@@ -123,9 +124,9 @@ class Chunk:
 @dataclass(frozen=True)
 class DecodeSplit:
     """How a checked decode run is cut: ``part`` is ``layer`` (chunks run the whole layer) or
-    ``attention`` (chunks run the attention half and ``mlp_shards`` shards run the MLP)."""
+    ``to_residual`` (chunks run up to the first residual and ``mlp_shards`` shards run the MLP)."""
 
-    part: str
+    part: Part
     chunks: list[Chunk]
     mlp_shards: int = 0
     mlp_estimate_bytes: int = 0
@@ -163,8 +164,8 @@ def split_decode(config: Qwen3Config, lens: list[int], block: int, mlp_step: int
         return DecodeSplit("layer", _greedy_chunks(lens, lambda part: estimate(config, part, block, part="layer"), limit))
     inter = config.intermediate_size
     shards = _halve_mlp(inter, mlp_step, lambda n: mlp_estimate(config, inter // n) > limit)
-    chunks = _greedy_chunks(lens, lambda part: estimate(config, part, block, part="attention"), limit)
-    return DecodeSplit("attention", chunks, shards, mlp_estimate(config, inter // shards))
+    chunks = _greedy_chunks(lens, lambda part: estimate(config, part, block, part="to_residual"), limit)
+    return DecodeSplit("to_residual", chunks, shards, mlp_estimate(config, inter // shards))
 
 
 def _attention_loop_capture(config: Qwen3Config, lens: list[int], seq_tile: int, kv_block: int,
@@ -274,7 +275,7 @@ class Group:
 @dataclass(frozen=True)
 class PrefillSplit:
     """How a checked prefill too big for one worker is cut into programs, each one loop of the
-    prefill program (``core/kernels/prefill.py`` SPLIT_PARTS) plus the MLP in shards:
+    prefill program (``core.parts.SPLIT_PARTS``) plus the MLP in shards:
 
     * ``qkv``: groups of token tiles (loop A: projections, norms, RoPE into the workspaces);
     * ``attend``: groups of work items (loop B: one query tile each, reading the K/V workspaces

@@ -1,5 +1,6 @@
-"""Jobs the worker can run, by name. Each takes host tensors, builds a core kernel for the
-worker's platform, runs it, and returns the output tensors; the worker adds the report."""
+"""What the worker does for each job kind (:mod:`qwenlayers.runtime.job_types`): build a core
+kernel for the worker's platform from the typed job, run it on the job's host tensors, return
+the output tensors; the worker adds the report. Imported in the worker only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 import torch
 
-JobFn = Callable[["JobContext", dict[str, Any]], dict[str, torch.Tensor]]
+from qwenlayers.runtime.job_types import CalibrateJob, DecodeJob, Job, MlpJob, PrefillJob, RmsNormJob, StageSweepJob
+
+JobFn = Callable[["JobContext", Any], dict[str, Any]]
 JOBS: dict[str, JobFn] = {}
 
 
@@ -36,22 +39,22 @@ class JobContext:
         return opts
 
 
-def job(name: str) -> Callable[[JobFn], JobFn]:
+def job(kind: type[Job]) -> Callable[[JobFn], JobFn]:
     def register(fn: JobFn) -> JobFn:
-        JOBS[name] = fn
+        JOBS[kind.kind] = fn
         return fn
 
     return register
 
 
-@job("rmsnorm")
-def rmsnorm_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+@job(RmsNormJob)
+def rmsnorm_job(ctx: JobContext, j: RmsNormJob) -> dict[str, torch.Tensor]:
     from qwenlayers.core.kernels.rmsnorm import build_rmsnorm
     from qwenlayers.runtime import sim
 
-    x, g = inputs["x"], inputs["g"]
+    x, g = j.x, j.g
     tokens, hidden = x.shape
-    kernel = build_rmsnorm(tokens, hidden, inputs["eps"], vec_tile=inputs["vec_tile"], jit_options=ctx.jit_options())
+    kernel = build_rmsnorm(tokens, hidden, j.eps, vec_tile=tuple(j.vec_tile), jit_options=ctx.jit_options())
     out = torch.zeros_like(x)
     with sim.quiet(ctx.log_path):
         kernel(x, g.reshape(1, hidden), out)
@@ -64,12 +67,11 @@ def _workspaces(spec: dict[str, tuple[tuple[int, ...], str]]) -> list[torch.Tens
     return [torch.zeros(shape, dtype=dtypes[dtype]) for shape, dtype in spec.values()]
 
 
-@job("decode")
-def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """One decode step. Inputs: config, plan, hidden [B, H], packed weights, cos/sin, caches
-    [B, KVH, MAX_SEQ, D], seq_lens, and ``part``: ``layer`` (the whole layer, returns out),
-    ``attention`` (up to the first residual, returns resid) or ``attention_partial`` (a TP
-    rank: returns its fp32 partial o_proj). Returns the caches as the kernel left them too. ``schedule="reference"`` builds the reference-schedule baseline
+@job(DecodeJob)
+def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
+    """One decode step of ``j.part``: ``layer`` returns the layer output, ``to_residual`` the
+    first residual, ``partial_o_proj`` a TP rank's fp32 partial o_proj; the caches as the kernel
+    left them too. ``schedule="reference"`` builds the reference-schedule baseline
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
     from qwenlayers.core.kernels.decode import (
         DecodeShape,
@@ -80,123 +82,99 @@ def decode_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tenso
     )
     from qwenlayers.runtime import sim
 
-    cfg, plan, part = inputs["config"], inputs["plan"], inputs.get("part", "layer")
-    x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
+    cfg, plan, part = j.config, j.plan, j.part
+    x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
     batch, kvh, max_seq, d = k_cache.shape
-    w = inputs["weights"]
-    out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention_partial" else x.dtype)
+    w = j.weights
+    out = torch.zeros(x.shape, dtype=torch.float32 if part == "partial_o_proj" else x.dtype)
     attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
-    tail = [inputs["cos"], inputs["sin"], kc, vc, inputs["seq_lens"], *cache_write_index(inputs["seq_lens"], kvh), attn, out]
+    tail = [j.cos, j.sin, kc, vc, j.seq_lens, *cache_write_index(j.seq_lens, kvh), attn, out]
     shape = DecodeShape(batch, max_seq)
-    if inputs.get("schedule", "fused") == "reference":
+    if j.schedule == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
 
-        if part != "layer":
-            raise ValueError("the reference schedule is built as the whole layer only (part=layer)")
         kernel = build_decode_reference(cfg, shape, plan, jit_options=ctx.jit_options())
         ws = _workspaces(reference_workspaces(cfg, shape, plan.seq_tile))
         args = [x, *weights, *tail[:5], *ws, out]
     elif part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
         args = [x, *weights, *tail]
-    elif part in ("attention", "attention_partial"):  # the weights up to w_o: the MLP's three come last
-        kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options(), residual=part == "attention")
+    else:  # to_residual, partial_o_proj: the weights up to w_o (the MLP's three come last)
+        kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options(), residual=part == "to_residual")
         args = [x, *weights[:-3], *tail]
-    else:
-        raise ValueError(f"decode job part={part!r}; allowed: layer, attention, attention_partial")
     with sim.quiet(ctx.log_path):
         kernel(*args)
     return {"out": out, "k_cache": k_cache, "v_cache": v_cache}
 
 
-@job("decode_mlp")
-def decode_mlp_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Post-attention norm and one intermediate shard of the MLP. Inputs: config, plan, resid
-    [R, H], w_ln2, w_gu [H, 2*inter] (the shard's gate | up columns), w_down [inter, H], and
-    optionally token_tile (prefill rows: a loop over tiles of that many tokens; R a multiple of it).
-    Returns the fp32 partial down projection [R, H]."""
+@job(MlpJob)
+def mlp_job(ctx: JobContext, j: MlpJob) -> dict[str, torch.Tensor]:
+    """Post-attention norm and one intermediate shard of the MLP; returns the fp32 partial down
+    projection [R, H]."""
     from qwenlayers.core.kernels.decode import build_decode_mlp
     from qwenlayers.runtime import sim
 
-    resid, w_down = inputs["resid"], inputs["w_down"]
-    kernel = build_decode_mlp(inputs["config"], resid.shape[0], w_down.shape[0], inputs["plan"], jit_options=ctx.jit_options(),
-                              token_tile=inputs.get("token_tile", 0))
-    part = torch.zeros(resid.shape, dtype=torch.float32)
+    kernel = build_decode_mlp(j.config, j.resid.shape[0], j.w_down.shape[0], j.plan, jit_options=ctx.jit_options(),
+                              token_tile=j.token_tile)
+    part = torch.zeros(j.resid.shape, dtype=torch.float32)
     with sim.quiet(ctx.log_path):
-        kernel(resid, inputs["w_ln2"], inputs["w_gu"], w_down, part)
+        kernel(j.resid, j.w_ln2, j.w_gu, j.w_down, part)
     return {"part": part}
 
 
-@job("prefill")
-def prefill_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Prefill of packed tokens. Inputs: config, plan, x [T, H] (valid tokens of every sequence,
-    in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens (list),
-    and ``part``: ``layer``, ``attention`` (a TP rank: out is its fp32 partial o_proj) or a split
-    part (``qkv``, ``attend``, ``o_proj``: one loop each; q/k/v/attn workspaces may be given and
-    are returned, ``work_items`` may list the query tiles of this worker).
-    ``schedule="reference"`` builds the reference-schedule baseline (whole layer only).
+@job(PrefillJob)
+def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
+    """Prefill of packed tokens, ``j.part`` of the program (``partial_o_proj``: out is a TP
+    rank's fp32 partial o_proj; a split part returns its q/k/v/attn workspaces too).
     Returns out [T, H] and the caches as the kernel left them."""
     from qwenlayers.core.kernels.decode import decode_weight_layout
-    from qwenlayers.core.kernels.prefill import (
-        SPLIT_PARTS,
-        WORKSPACES,
-        PrefillShape,
-        build_prefill,
-        causal_mask,
-        padded_tokens,
-        work_items,
-    )
+    from qwenlayers.core.kernels.prefill import WORKSPACES, PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
+    from qwenlayers.core.parts import SPLIT_PARTS
     from qwenlayers.runtime import sim
 
-    cfg, plan, lens = inputs["config"], inputs["plan"], inputs["seq_lens"]
-    x, k_cache, v_cache = inputs["hidden"], inputs["k_cache"], inputs["v_cache"]
+    cfg, plan, lens, part = j.config, j.plan, j.seq_lens, j.part
+    x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
     batch, kvh, rows, d = k_cache.shape
-    reference = inputs.get("schedule", "fused") == "reference"
+    reference = j.schedule == "reference"
     if reference:
         from qwenlayers.core.kernels.reference import build_prefill_reference, prefill_reference_workspaces, reference_work_items
 
         work = torch.tensor(reference_work_items(lens), dtype=torch.int32)  # one row per token
     else:
-        items = inputs.get("work_items") or work_items(lens, plan.seq_tile)  # a split run's share of the query tiles
-        work = torch.tensor(items, dtype=torch.int32)
+        work = torch.tensor(j.work_items or work_items(lens, plan.seq_tile), dtype=torch.int32)  # a split run's share
     n_real = x.shape[0]
     n_tok = padded_tokens(plan, lens)
     pad = n_tok - n_real
     x = torch.cat([x, torch.zeros(pad, x.shape[1], dtype=x.dtype)])
-    cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (inputs["cos"], inputs["sin"]))
+    cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (j.cos, j.sin))
     shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
-    part = inputs.get("part", "layer")
-    w = inputs["weights"]
-    out = torch.zeros(x.shape, dtype=torch.float32 if part == "attention" else x.dtype)
+    out = torch.zeros(x.shape, dtype=torch.float32 if part == "partial_o_proj" else x.dtype)
     kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
-    head = [x, *(w[name] for name in decode_weight_layout(cfg)),
+    head = [x, *(j.weights[name] for name in decode_weight_layout(cfg)),
             cos.contiguous(), sin.contiguous(), kc, vc, work,
             causal_mask(plan.seq_tile, cfg.group_size, None if reference else plan.kv_block)]
     if reference:
-        if part != "layer":
-            raise ValueError("the reference schedule is built as the whole layer only (part=layer)")
         kernel = build_prefill_reference(cfg, shape, plan, jit_options=ctx.jit_options())
         ws = _workspaces(prefill_reference_workspaces(cfg, shape, plan.seq_tile))
     else:
         kernel = build_prefill(cfg, shape, plan, jit_options=ctx.jit_options(), part=part, only_part=ctx.values)
         ws = []
         for name, width in zip(WORKSPACES, (cfg.q_width, cfg.kv_width, cfg.kv_width, cfg.q_width)):
-            given = inputs.get(name)  # a split run hands loop B the workspaces loop A filled, loop C its attn
+            given = getattr(j, name)  # a split run hands loop B the workspaces loop A filled, loop C its attn
             ws.append(torch.zeros(n_tok, width, dtype=x.dtype) if given is None else
                       torch.cat([given, torch.zeros(n_tok - given.shape[0], width, dtype=x.dtype)]))
-    args = [*head, *ws, out]
     with sim.quiet(ctx.log_path):
-        kernel(*args)
+        kernel(*head, *ws, out)
     result = {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}
     if part in SPLIT_PARTS:
         result.update({name: w[:n_real] for name, w in zip(WORKSPACES, ws)})
     return result
 
 
-@job("calibrate")
-def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
+@job(CalibrateJob)
+def calibrate_job(ctx: JobContext, j: CalibrateJob) -> dict[str, Any]:
     """Run the micro-kernels (cost model only) and return {name: {"sim_us", "bytes", "flops" or "ops"}}."""
     from qwenlayers.core.kernels.micro import (
         VECTOR_OPS_PER_ELEMENT,
@@ -207,10 +185,10 @@ def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
     )
     from qwenlayers.runtime import sim
 
-    rows, cols = inputs["stream_shape"]
-    m, k, n = inputs["matmul_shape"]
-    vr, vc = inputs["vector_shape"]
-    wr, wk, wn = inputs["weight_stream_shape"]
+    rows, cols = j.stream_shape
+    m, k, n = j.matmul_shape
+    vr, vc = j.vector_shape
+    wr, wk, wn = j.weight_stream_shape
     opts = ctx.jit_options()
     runs = (
         ("stream", build_stream(rows, cols, jit_options=opts),
@@ -231,8 +209,8 @@ def calibrate_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
     return {"measured": measured}
 
 
-@job("stage_sweep")
-def stage_sweep_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
+@job(StageSweepJob)
+def stage_sweep_job(ctx: JobContext, j: StageSweepJob) -> dict[str, Any]:
     """Time layer stages at tile budgets on the cost model (no values). Inputs: ``points``, a list
     of ``{"stage", "rows", "width", "out", "heads", "tile_bytes"}``. Returns, per point, its
     simulated µs and tasks, or the compile error (a tile too big for a buffer fails there); one
@@ -242,7 +220,7 @@ def stage_sweep_job(ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     results: list[dict[str, Any]] = []
-    for point in inputs["points"]:
+    for point in j.points:
         shape = StageShape(point["stage"], point["rows"], point["width"], point.get("out", 0), point.get("heads", 0))
         try:
             kernel, args = build_stage(shape, point["tile_bytes"], jit_options=ctx.jit_options())

@@ -15,11 +15,17 @@ from typing import Any
 
 from qwenlayers.core.platform import Platform
 from qwenlayers.errors import KernelError, PlatformUnavailableError
-from qwenlayers.runtime.pyptoenv import make_ini_overlay, pypto_dir, write_cost_model_config
+from qwenlayers.runtime.paths import cache_dir
+from qwenlayers.runtime.pyptoenv import make_ini_overlay, pypto_dir, pypto_version, write_cost_model_config
 
 #: The cost model simulates AI cores in machines of 4 cube and 8 vector cores (pypto 0.2.0,
 #: ``Model.aicpuMachineNumber``): 7 machines are the A5's 28 / 56, 6 the 910B's 24 / 48.
 CUBE_PER_MACHINE, VECTOR_PER_MACHINE = 4, 8
+
+
+def platform_workdir(platform: Platform) -> Path:
+    """Persistent per-platform folder its runtime is prepared in (per pypto version)."""
+    return cache_dir("platforms", platform.name, f"pypto-{pypto_version() or 'none'}")
 
 
 def installed_ini() -> str:

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from qwenlayers.core.platform import Platform
-from qwenlayers.errors import KernelError, PlatformUnavailableError
+from qwenlayers.errors import KernelError
 from qwenlayers.runtime.chunking import GIB, env_bytes
 from qwenlayers.runtime.exchange import message_exists, read_message, write_message
+from qwenlayers.runtime.job_types import Job
 from qwenlayers.runtime.paths import cache_dir
 from qwenlayers.runtime.pypto_target import check_target
-from qwenlayers.runtime.pyptoenv import pypto_version
+from qwenlayers.target import Target
 
 LOG_TAIL_LINES = 40
 
@@ -44,13 +44,8 @@ class WorkerResult:
     workarounds: list[str] = field(default_factory=list)  # switches the worker and runtime acted on
 
 
-def platform_workdir(platform: Platform) -> Path:
-    """Persistent per-platform folder the plugin prepares its runtime in (per pypto version)."""
-    return cache_dir("platforms", platform.name, f"pypto-{pypto_version() or 'none'}")
-
-
-def worker_env(platform: Platform, run_dir: Path, registry: Any) -> dict[str, str]:
-    """The worker's environment: ours (output folders inside the run dir) plus the plugin's."""
+def worker_env(target: Target, run_dir: Path) -> dict[str, str]:
+    """The worker's environment: ours (output folders inside the run dir) plus the plugins'."""
     env = dict(os.environ)
     env.update(
         TILE_FWK_OUTPUT_DIR=str(run_dir / "pypto_out"),
@@ -59,8 +54,7 @@ def worker_env(platform: Platform, run_dir: Path, registry: Any) -> dict[str, st
         QWENLAYERS_CACHE_DIR=str(cache_dir()),
         PYTHONUNBUFFERED="1",
     )
-    extra = registry.prepare_runtime(platform, platform_workdir(platform))
-    for key, value in extra.items():
+    for key, value in target.runtime_env.items():
         if key == "PYTHONPATH" and env.get("PYTHONPATH"):
             value = value + os.pathsep + env["PYTHONPATH"]
         env[key] = value
@@ -174,44 +168,36 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
 
 
 def run_job(
-    platform: Platform,
-    job: str,
-    inputs: dict[str, Any],
+    target: Target,
+    job: Job,
     *,
-    registry: Any = None,
     verify_passes: bool = False,
     values: bool = True,
     keep: bool = False,
     timeout: float | None = None,
     on_start: Callable[[Path], None] | None = None,
 ) -> WorkerResult:
-    """Run ``job`` on ``platform`` in a fresh worker process and return its outputs and report.
+    """Run ``job`` on ``target`` (resolved and probed once by :func:`~qwenlayers.target.resolve_target`)
+    in a fresh worker process and return its outputs and report.
 
     ``values=False`` runs the cost model only (no output values, nothing captured: cheap at any
     size). ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
     deleted, since one big run leaves ~1.3 GB of traces.
     """
-    if registry is None:
-        from qwenlayers.registry import get_registry
-
-        registry = get_registry()
-    availability = platform.available()
-    if not availability.ok:
-        raise PlatformUnavailableError(f"platform {platform.name} cannot run here: {availability.reason}")
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job}-", dir=cache_dir("runs")))
+    platform = target.platform
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job.kind}-", dir=cache_dir("runs")))
     job_path, result_path, log_path = run_dir / "job", run_dir / "result", run_dir / "worker.log"
-    workarounds = registry.workarounds(platform).switches()  # what the worker acts on; notes stay notes
     payload = {
-        "job": job,
-        "inputs": inputs,
+        "job": job.kind,
+        "inputs": job.fields(),
         "platform": {"name": platform.name, "arch": platform.arch, "run_mode": platform.run_mode, "sim_arch": platform.sim_arch},
         "log_path": str(log_path),
         "verify_passes": verify_passes,
         "values": values,
-        "workarounds": workarounds,
+        "workarounds": list(target.switches),
     }
     write_message(job_path, payload)
-    env = worker_env(platform, run_dir, registry)
+    env = worker_env(target, run_dir)
     cmd = [sys.executable, "-m", "qwenlayers.runtime.worker_main", str(job_path), str(result_path)]
     if on_start:
         on_start(run_dir)
@@ -226,7 +212,7 @@ def run_job(
         except WorkerOverMemory as over:
             _stop(proc)
             raise KernelError(
-                f"pypto worker for {job} on {platform.name} was stopped at {over.rss / GIB:.1f} GB resident: the limit is "
+                f"pypto worker for {job.kind} on {platform.name} was stopped at {over.rss / GIB:.1f} GB resident: the limit is "
                 f"{over.limit / GIB:.1f} GB ({MEM_LIMIT_ENV}, default {DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine's memory), "
                 f"set so one run cannot take the machine down. A smaller batch or shorter sequences need less; a "
                 f"checked run is split by QWENLAYERS_WORKER_MEM_GB. Run folder kept: {run_dir}"
@@ -234,7 +220,7 @@ def run_job(
         except subprocess.TimeoutExpired:
             _stop(proc)
             raise KernelError(
-                f"pypto worker for {job} on {platform.name} did not finish within {timeout:.0f} s; "
+                f"pypto worker for {job.kind} on {platform.name} did not finish within {timeout:.0f} s; "
                 f"last {LOG_TAIL_LINES} log lines:\n{_tail(log_path)}\nrun folder kept: {run_dir}"
             ) from None
         except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler: no worker left behind
@@ -257,7 +243,7 @@ def run_job(
         repro = " ".join(shlex.quote(c) for c in cmd)
         plugin_env = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k not in os.environ or os.environ[k] != v)
         raise KernelError(
-            f"pypto worker for {job} on platform {platform.name} {how}.\n"
+            f"pypto worker for {job.kind} on platform {platform.name} {how}.\n"
             f"{detail}\n--- last lines of {log_path} ---\n{_tail(log_path)}\n"
             f"repro: {plugin_env} {repro}\n(run folder kept: {run_dir})"
         )
@@ -270,4 +256,4 @@ def run_job(
         kept = None
         report["run_dir"] = None
         report["trace"] = None
-    return WorkerResult(result["outputs"], report, wall, kept, workarounds)
+    return WorkerResult(result["outputs"], report, wall, kept, list(target.switches))

@@ -23,6 +23,7 @@ def main(job_path: str, result_path: str) -> int:
         import pypto
 
         from qwenlayers.runtime import sim
+        from qwenlayers.runtime.job_types import job_from_message
         from qwenlayers.runtime.jobs import JOBS, JobContext
         from qwenlayers.runtime.pypto_workarounds import SIM_VERIFY_REAL_INPUTS
 
@@ -31,7 +32,8 @@ def main(job_path: str, result_path: str) -> int:
             sim.install_real_input_verify()
         ctx = JobContext(payload["platform"], Path(payload["log_path"]), payload.get("verify_passes", False),
                          payload.get("values", True))
-        outputs = JOBS[payload["job"]](ctx, payload["inputs"])
+        job = job_from_message(payload["job"], payload["inputs"])
+        outputs = JOBS[job.kind](ctx, job)
         run = sim.last_run_dir()
         report = sim.sim_report(run) if payload["platform"]["run_mode"] == "sim" else {}
         report["verification"] = sim.verify_verdicts(run)

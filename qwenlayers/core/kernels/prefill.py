@@ -32,10 +32,8 @@ from typing import Any
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
 from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
+from qwenlayers.core.parts import PREFILL_PARTS, Part
 from qwenlayers.core.tiling import TilingPlan
-
-#: Parts of a prefill split over workers: loop A, loop B, loop C up to the first residual.
-SPLIT_PARTS = ("qkv", "attend", "o_proj")
 
 #: The GM workspaces one loop fills and another reads, in argument order ([T, width] bf16).
 WORKSPACES = ("q_ws", "k_ws", "v_ws", "attn")
@@ -55,17 +53,17 @@ class PrefillShape:
 
 
 def build_prefill(
-    config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any], part: str = "layer",
+    config: Qwen3Config, shape: PrefillShape, plan: TilingPlan, *, jit_options: dict[str, Any], part: Part = "layer",
     only_part: bool = True,
 ) -> Any:
     """A jit kernel for the prefill of packed tokens.
 
-    ``part="attention"`` stops at reduction point 1 (a tensor-parallel rank): loop C computes
+    ``part="partial_o_proj"`` stops at reduction point 1 (a tensor-parallel rank): loop C computes
     only this rank's fp32 partial o_proj into ``out`` [T, H] fp32 (the MLP weights are still
     arguments, unused), and the MLP runs as :func:`~qwenlayers.core.kernels.decode.build_decode_mlp`
     after the all-reduce.
 
-    The parts of a checked run that does not fit one worker (:data:`SPLIT_PARTS`), each one loop
+    The parts of a checked run that does not fit one worker (``core.parts.SPLIT_PARTS``), each one loop
     of the same program with the same arguments: ``"qkv"`` is loop A alone (its results are the
     q/k/v workspaces), ``"attend"`` loop B alone (reads the workspaces, writes the caches and
     ``attn``), ``"o_proj"`` loop C up to the residual (``out`` is ``x + o_proj(attn)``, bf16);
@@ -105,12 +103,12 @@ def build_prefill(
     # (token, head) pairs here, not one KV group's heads. qwen3-0.6b, 128 tokens: [2, 64] and
     # [2, 128] tiles simulated 1,610 us; [8, 64] and [4, 128], 1,344 us (512 tokens: 10,630 -> 6,926).
     srows = math.gcd(qhb * plan.score_cols // st, qrows)
-    if part not in ("layer", "attention", *SPLIT_PARTS):
-        raise ValueError(f"build_prefill part={part!r}; allowed: layer, attention, {', '.join(SPLIT_PARTS)}")
-    loop_a, loop_b, loop_c = (part in ("layer", "attention", "qkv"), part in ("layer", "attention", "attend"),
-                              part in ("layer", "attention", "o_proj"))
+    if part not in PREFILL_PARTS:
+        raise ValueError(f"build_prefill part={part!r}; allowed: {', '.join(PREFILL_PARTS)}")
+    whole = ("layer", "partial_o_proj")
+    loop_a, loop_b, loop_c = part in (*whole, "qkv"), part in (*whole, "attend"), part in (*whole, "o_proj")
     build_a, build_b, build_c = (loop_a, loop_b, loop_c) if only_part else (True, True, True)
-    out_dtype = fp32 if part == "attention" else bf16
+    out_dtype = fp32 if part == "partial_o_proj" else bf16
 
     @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_prefill_layer(
@@ -221,7 +219,7 @@ def _tail(cfg: Qwen3Config, t: LayerTiles, eps: float, xt: Any, at: Any, w: dict
     o_proj (reduction point 1; the all-reduce, residual and MLP happen after the program)."""
     import pypto
 
-    if part == "attention":
+    if part == "partial_o_proj":
         return o_proj_out(t, xt, at, w["w_o"], residual=False)
     resid = o_proj_out(t, xt, at, w["w_o"], residual=True)
     if part == "o_proj":

@@ -1,0 +1,123 @@
+"""Which plan a call runs: the plugin's default for the platform and model, the tuned plan of
+the call's shape class when ``qwenlayers tune`` stored one, the user's values on top, all
+checked against the platform's budgets before anything compiles. The tuned-plan store lives
+here too, so resolving a plan never needs the tuner (which runs layers, so needs the layer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.platform import Phase, Platform
+from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
+from qwenlayers.errors import TilingError
+from qwenlayers.registry import PlatformRegistry
+from qwenlayers.runtime.paths import CacheWarning, atomic_write_text, cache_dir, cache_root, file_lock, read_json
+from qwenlayers.runtime.pyptoenv import pypto_version
+
+
+def shape_class(phase: Phase, lens: list[int]) -> str:
+    """Calls of one class share a tuned plan: batch and longest length (decode) or total
+    tokens (prefill), each rounded up to a power of two."""
+
+    def up(n: int) -> int:
+        return 1 << max(0, (n - 1).bit_length())
+
+    if phase == "decode":
+        return f"b{up(len(lens))}-l{up(max(lens))}"
+    return f"t{up(sum(lens))}"
+
+
+def _store(platform: Platform, *, create: bool = True) -> Path:
+    """Where tuned plans live: ``$QWENLAYERS_TUNED_DIR`` or the cache, per platform and pypto
+    version. Readers pass ``create=False``: reading needs no write (a read-only cache works)."""
+    root = os.environ.get("QWENLAYERS_TUNED_DIR")
+    if root:
+        folder = Path(root) / platform.name
+    else:
+        folder = cache_dir("tuned", platform.name) if create else cache_root() / "tuned" / platform.name
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"pypto-{pypto_version() or 'none'}.json"
+
+
+def _entries(path: Path) -> dict[str, Any]:
+    """The tuned-plan file's entries; an unreadable or malformed file, or entry, is absent (one
+    warning naming the file), so one broken file cannot break every run on the platform."""
+    data = read_json(path, "tuned-plan cache")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        warnings.warn(f"ignoring the tuned-plan cache {path}: it holds a {type(data).__name__}, not an object of "
+                      f"entries", CacheWarning, stacklevel=2)
+        return {}
+    good = {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("values"), dict)
+            and all(isinstance(n, str) and type(x) is int for n, x in v["values"].items())}
+    if len(good) != len(data):
+        warnings.warn(f"ignoring {len(data) - len(good)} malformed entries of the tuned-plan cache {path}",
+                      CacheWarning, stacklevel=2)
+    return good
+
+
+def _key(config: Qwen3Config, phase: Phase, cls: str, platform: Platform) -> str:
+    """A tuned plan belongs to the budget set it was searched under, too."""
+    return f"{config.name}|{phase}|{cls}|{platform.budgets.name}"
+
+
+def tuned_plan(platform: Platform, config: Qwen3Config, phase: Phase, lens: list[int], base: TilingPlan) -> TilingPlan:
+    """``base`` with the cached tuned values for this class applied (origin ``tuned``), or
+    ``base`` itself when nothing was tuned (or the tuned plan no longer fits)."""
+    path = _store(platform, create=False)
+    if not path.exists():
+        return base
+    with file_lock(path.parent / ".lock", shared=True):  # tune rewrites the file under the exclusive lock
+        entry = _entries(path).get(_key(config, phase, shape_class(phase, lens), platform))
+    if not entry:
+        return base
+    try:
+        plan = base.with_overrides(entry["values"], source="tuned")
+        check_plan(plan, config, platform)
+    except TilingError:
+        return base
+    return plan
+
+
+def store_tuned(platform: Platform, config: Qwen3Config, phase: Phase, lens: list[int], values: dict[str, int],
+                best_us: float, default_us: float) -> tuple[str, Path]:
+    """Record a tuned plan's changed ``values`` for this call's shape class; returns its key and file."""
+    key = _key(config, phase, shape_class(phase, lens), platform)
+    path = _store(platform)
+    with file_lock(path.parent / ".lock"):
+        data = _entries(path)
+        data[key] = {"values": values, "sim_us": best_us, "default_us": default_us,
+                     "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(path, json.dumps(data, indent=2))
+    return key, path
+
+
+def resolve_plan(
+    reg: PlatformRegistry, platform: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None,
+    lens: list[int] | None = None,
+) -> TilingPlan:
+    """A user plan, or the default plan (the plugin's, with a tuned plan for this call's shape
+    class applied when ``qwenlayers tune`` cached one, its KV_BLOCK fitted to the longest
+    sequence) plus overrides; always checked against the platform budgets before anything
+    compiles."""
+    if isinstance(plan, TilingPlan):
+        if plan.phase != phase:
+            raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
+        result = plan
+    else:
+        base = reg.tiling_defaults(platform, cfg, phase)
+        if lens:
+            base = tuned_plan(platform, cfg, phase, lens, base)
+        result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [], cfg, platform)
+    check_plan(result, cfg, platform)
+    return result

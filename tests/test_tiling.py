@@ -132,7 +132,7 @@ def test_the_default_kv_block_shrinks_to_the_longest_sequence_of_the_call():
 def test_row_vector_tiles_keep_the_plan_tile_bytes_and_divide_the_row():
     """The [rows, H] vector ops run in one-row tiles of at most tok_tile x chunk elements that
     divide the row (qwen3-32b hidden 5120: 512; a width of 3200 in 64-wide chunks: 128)."""
-    from qwenlayers.core.kernels.decode import _row_tile
+    from qwenlayers.core.kernels.layer_blocks import _row_tile
 
     assert _row_tile(5120, 128, 4) == 512
     assert _row_tile(3200, 64, 4) == 128

@@ -54,11 +54,11 @@ class RmsNormJob(Job):
 
 
 @dataclass(frozen=True, eq=False)
-class DecodeJob(Job):
-    """One decode step of ``part``: hidden [B, H], packed weights, cos/sin [B, 1, D], caches
-    [B, KVH, ROWS, D] (returned as the kernel left them), seq_lens int32 [B]."""
+class _LayerJob(Job):
+    """What a decode and a prefill program both take: the config and plan it is built for, the
+    hidden rows, the packed weights (``core.kernels.layer_blocks.decode_weight_layout``), the
+    RoPE rows [rows, 1, D] and the caches [B, KVH, ROWS, D] (returned as the kernel left them)."""
 
-    kind: ClassVar[str] = "decode"
     config: Qwen3Config
     plan: TilingPlan
     hidden: torch.Tensor
@@ -67,6 +67,13 @@ class DecodeJob(Job):
     sin: torch.Tensor
     k_cache: torch.Tensor
     v_cache: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeJob(_LayerJob):
+    """One decode step of ``part``: hidden [B, H], seq_lens int32 [B]."""
+
+    kind: ClassVar[str] = "decode"
     seq_lens: torch.Tensor
     part: Part = "layer"
     schedule: Schedule = "fused"
@@ -92,21 +99,12 @@ class MlpJob(Job):
 
 
 @dataclass(frozen=True, eq=False)
-class PrefillJob(Job):
+class PrefillJob(_LayerJob):
     """Prefill of packed tokens, ``part`` of the program: hidden [T, H] (the valid tokens of every
-    sequence, in order), packed weights, cos/sin [T, 1, D], caches [B, KVH, ROWS, D], seq_lens.
-    A split part may be handed the q/k/v/attn workspaces an earlier part filled, and loop B the
-    query tiles (``work_items``) of its worker."""
+    sequence, in order) and the sequences' lengths. A split part may be handed the q/k/v/attn
+    workspaces an earlier part filled, and loop B the query tiles (``work_items``) of its worker."""
 
     kind: ClassVar[str] = "prefill"
-    config: Qwen3Config
-    plan: TilingPlan
-    hidden: torch.Tensor
-    weights: Mapping[str, torch.Tensor]
-    cos: torch.Tensor
-    sin: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
     seq_lens: list[int]
     part: Part = "layer"
     schedule: Schedule = "fused"

@@ -73,13 +73,8 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     first residual, ``partial_o_proj`` a TP rank's fp32 partial o_proj; the caches as the kernel
     left them too. ``schedule="reference"`` builds the reference-schedule baseline
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
-    from qwenlayers.core.kernels.decode import (
-        DecodeShape,
-        build_decode,
-        build_decode_attention,
-        cache_write_index,
-        decode_weight_layout,
-    )
+    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, cache_write_index
+    from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
     from qwenlayers.runtime import sim
 
     cfg, plan, part = j.config, j.plan, j.part
@@ -129,7 +124,7 @@ def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
     """Prefill of packed tokens, ``j.part`` of the program (``partial_o_proj``: out is a TP
     rank's fp32 partial o_proj; a split part returns its q/k/v/attn workspaces too).
     Returns out [T, H] and the caches as the kernel left them."""
-    from qwenlayers.core.kernels.decode import decode_weight_layout
+    from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
     from qwenlayers.core.kernels.prefill import WORKSPACES, PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
     from qwenlayers.core.parts import SPLIT_PARTS
     from qwenlayers.runtime import sim

@@ -31,7 +31,7 @@ from typing import Any
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
-from qwenlayers.core.kernels.decode import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
+from qwenlayers.core.kernels.layer_blocks import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
 from qwenlayers.core.parts import PREFILL_PARTS, Part
 from qwenlayers.core.tiling import TilingPlan
 

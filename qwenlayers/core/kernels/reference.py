@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
-from qwenlayers.core.kernels.decode import DecodeShape, LayerTiles, decode_weight_layout, qk_norm_rope
+from qwenlayers.core.kernels.decode import DecodeShape
+from qwenlayers.core.kernels.layer_blocks import LayerTiles, decode_weight_layout, qk_norm_rope
 from qwenlayers.core.kernels.prefill import PrefillShape
 from qwenlayers.core.tiling import TilingPlan
 

@@ -115,9 +115,10 @@ def resolve_plan(
             raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
         result = plan
     else:
-        base = reg.tiling_defaults(platform, cfg, phase)
-        if lens:
-            base = tuned_plan(platform, cfg, phase, lens, base)
+        default = reg.tiling_defaults(platform, cfg, phase)  # checked there
+        base = tuned_plan(platform, cfg, phase, lens, default) if lens else default  # checked there when tuned
         result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [], cfg, platform)
-    check_plan(result, cfg, platform)
+        if result.values() == base.values():
+            return result
+    check_plan(result, cfg, platform)  # a user's plan, or values changed by overrides or the call's lengths
     return result

@@ -21,7 +21,7 @@ JOBS: dict[str, JobFn] = {}
 class JobContext:
     """What a job knows about where it runs (built by the worker from the job file)."""
 
-    platform: dict[str, Any]  # name, arch, run_mode, ... of the selected Platform
+    run_mode: str  # the platform's: "sim" (pypto's cost model and interpreter) or "npu"
     log_path: Path
     verify_passes: bool  # run the default lowered-pass verification, not only the tensor graph
     values: bool = True  # interpret the tensor graph for output values; False = cost model only
@@ -29,7 +29,7 @@ class JobContext:
     def jit_options(self) -> dict[str, Any]:
         import pypto
 
-        mode = pypto.RunMode.SIM if self.platform["run_mode"] == "sim" else pypto.RunMode.NPU
+        mode = pypto.RunMode.SIM if self.run_mode == "sim" else pypto.RunMode.NPU
         opts: dict[str, Any] = {"runtime_options": {"run_mode": mode}}
         if mode == pypto.RunMode.SIM and self.values:
             verify: dict[str, Any] = {"enable_pass_verify": True, "pass_verify_error_tol": [1e-2, 1e-2]}

@@ -190,7 +190,7 @@ def run_job(
     payload = {
         "job": job.kind,
         "inputs": job.fields(),
-        "platform": {"name": platform.name, "arch": platform.arch, "run_mode": platform.run_mode, "sim_arch": platform.sim_arch},
+        "run_mode": platform.run_mode,  # all the worker needs of the descriptor: its env made the rest
         "log_path": str(log_path),
         "verify_passes": verify_passes,
         "values": values,

@@ -30,12 +30,12 @@ def main(job_path: str, result_path: str) -> int:
         sim.install_phase_timers()
         if SIM_VERIFY_REAL_INPUTS.key in payload.get("workarounds", ()):
             sim.install_real_input_verify()
-        ctx = JobContext(payload["platform"], Path(payload["log_path"]), payload.get("verify_passes", False),
+        ctx = JobContext(payload["run_mode"], Path(payload["log_path"]), payload.get("verify_passes", False),
                          payload.get("values", True))
         job = job_from_message(payload["job"], payload["inputs"])
         outputs = JOBS[job.kind](ctx, job)
         run = sim.last_run_dir()
-        report = sim.sim_report(run) if payload["platform"]["run_mode"] == "sim" else {}
+        report = sim.sim_report(run) if payload["run_mode"] == "sim" else {}
         report["verification"] = sim.verify_verdicts(run)
         report["npuarch"] = str(pypto.platform.npuarch).split(".")[-1]
         report.update({k: round(v, 3) for k, v in sim.PHASE_TIMES.items()})

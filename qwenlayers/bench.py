@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from qwenlayers.core.config import as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.core.work import layer_work
-from qwenlayers.errors import InputError
+from qwenlayers.errors import InputError, QwenlayersError
 from qwenlayers.inputs import random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
@@ -128,13 +129,27 @@ def run_bench(
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance,
-                    "baseline": _baseline(phase, cfg, weights, args, one, reg, rep, say) if baseline else None,
+                    "baseline": _baseline_or_reason(phase, cfg, weights, args, one, reg, rep, say) if baseline else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
                 points.append(BenchPoint(target.name, batch, seq_len, record, target.budgets.name))
     plot = plot_points(points, out_dir / f"{stamp}-{cfg.name}-{phase}.png", f"{cfg.name} {phase}")
     return points, plot
+
+
+def _baseline_or_reason(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target,
+                        reg: PlatformRegistry, ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """The baseline of a point, or why it was not measured: a baseline that fails (its compile,
+    its run, or a size it cannot take) costs the comparison, never the fused point already
+    measured. A warning says so; only a failure of the fused point fails ``bench``."""
+    try:
+        return _baseline(phase, cfg, weights, args, target, reg, ours, say)
+    except QwenlayersError as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        warnings.warn(f"bench: the reference-schedule baseline of {cfg.name} {phase} on {target.name} was not measured "
+                      f"({reason}); the fused point is recorded", RuntimeWarning, stacklevel=2)
+        return {"schedule": "reference", "not_measured": reason}
 
 
 def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target, reg: PlatformRegistry,

@@ -492,10 +492,12 @@ def bench(
     with _handled(as_json):
         batches, lens = _int_list(batch, "--batch"), _int_list(seq_len, "--seq-len")
         with err.status("bench …") as status:
-            points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
-                                          budgets=budgets or [None],
-                                          results=Path(results) if results else None,
-                                          progress=lambda m: status.update(m + " …"))
+            with warnings.catch_warnings():  # said below the table instead, once per point
+                warnings.filterwarnings("ignore", message="bench: the reference-schedule baseline")
+                points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
+                                              budgets=budgets or [None],
+                                              results=Path(results) if results else None,
+                                              progress=lambda m: status.update(m + " …"))
     if as_json:
         print(json.dumps([p.record for p in points], indent=2, default=str))
         return
@@ -508,7 +510,7 @@ def bench(
         pipes = r["pipe_usage_pct"]
         ref = r.get("baseline") or {}
         ref_cells = ((f"{ref['sim_us']:.1f}", f"{ref['speedup']:.2f}x", f"{ref['task_ratio']:.2f}x")
-                     if ref.get("speedup") else ("-", "-", "-"))
+                     if ref.get("speedup") else ("not measured", "-", "-") if ref.get("not_measured") else ("-", "-", "-"))
         table.add_row(p.label, f"{p.batch} x {p.seq_len}", f"{r['sim_us']:.1f}",
                       "/".join(str(r["tasks"].get(k, 0)) for k in ("AIC", "AIV", "HUB")),
                       f"{pipes.get('Cube', 0):g}/{pipes.get('Vector', 0):g}/{pipes.get('MTE_IN', 0):g}",
@@ -520,6 +522,11 @@ def bench(
     out.print(f"plot: {plot_path}")
     out.print(f"Perfetto traces (open in ui.perfetto.dev): {', '.join(str(p.record['trace']) for p in points)}")
     out.print(f"roofline: {points[0].record['roofline_source']}")
+    for p in points:
+        missing = (p.record.get("baseline") or {}).get("not_measured")
+        if missing:
+            err.print(f"warning: reference-schedule baseline not measured at {p.batch} x {p.seq_len} on {p.label}: {missing}",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

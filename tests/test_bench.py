@@ -73,3 +73,33 @@ def test_bench_bad_sizes_exit_2():
     assert res.exit_code == 2 and "comma-separated list of ints" in res.output
     res = runner.invoke(app, ["bench", "--phase", "train"])
     assert res.exit_code == 2 and "Invalid value for '--phase'" in res.output and "'train' is not one of" in res.output
+
+
+def test_a_failing_baseline_costs_the_comparison_not_the_point(monkeypatch, tmp_path):
+    """The fused point is recorded and the command exits 0 with a warning; the baseline shows
+    as "not measured" with its reason (seen at qwen3-32b: the reference program died in pypto's
+    compiler after the fused point had been simulated, and the point was lost)."""
+    from types import SimpleNamespace
+
+    from qwenlayers import bench
+    from qwenlayers.errors import KernelError
+    from qwenlayers.runtime.calibration import Calibration
+
+    def fake_run(cfg, weights, *, schedule="fused", **kwargs):
+        if schedule == "reference":
+            raise KernelError("pypto worker for decode on platform a5sim exited with code 1.\nErrcode: FFFFFF! Run pass failed.")
+        return SimpleNamespace(report=SimpleNamespace(
+            sim_us=10.0, total_cycles=1.0, arch="DAV_3510", cost_model_arch="A5", lanes={}, tasks={"AIC": 1, "AIV": 2},
+            pipe_usage_pct={}, compile_s=1.0, simulate_s=1.0, peak_rss_mb=100, plan={}, trace=None, run_dir=None,
+            max_abs_err=None, within_tolerance=None))
+
+    cal = Calibration("a5sim", "0.2.0", 1000.0, 100.0, 100.0, 1.0, 1.0, 1.0, 1000.0, 1000.0)
+    monkeypatch.setattr(bench, "decode", fake_run)
+    monkeypatch.setattr(bench, "calibrate", lambda target: cal)
+    res = runner.invoke(app, ["bench", "-m", "tiny", "--batch", "1", "--seq-len", "64", "-p", "a5sim",
+                              "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "not measured" in res.output and "baseline not measured at 1 x 64 on a5sim: KernelError" in res.output
+    (record,) = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert record["sim_us"] == 10.0
+    assert record["baseline"]["not_measured"].startswith("KernelError: pypto worker for decode")

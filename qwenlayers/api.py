@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ def smoke(
     seed: int = 0,
     keep: bool = False,
     registry: PlatformRegistry | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> SmokeResult:
     """Compile and run an RMSNorm kernel on the platform and compare it with the golden RMSNorm.
 
@@ -87,7 +88,7 @@ def smoke(
     x = torch.randn(tokens, hidden, generator=gen).bfloat16()
     g = (1 + 0.1 * torch.randn(hidden, generator=gen)).bfloat16()
     vec_cols = min(hidden, max(32, target.platform.budgets.tilelet_bytes * 8 // 4 // tokens))  # fp32 columns per vec tile
-    result = run_job(target, RmsNormJob(x, g, eps, (tokens, vec_cols)), verify_passes=True, keep=keep)
+    result = run_job(target, RmsNormJob(x, g, eps, (tokens, vec_cols)), verify_passes=True, keep=keep, progress=progress)
     out = result.outputs["out"]
     ref = golden.rms_norm(x, g, eps)
     if out.shape != ref.shape:

@@ -261,7 +261,9 @@ def _report_table(title: str, report: dict[str, Any], extra: dict[str, Any]) -> 
         "tasks AIC / AIV / HUB": " / ".join(str(report.get("tasks", {}).get(k, 0)) for k in ("AIC", "AIV", "HUB")),
         "lanes AIC / AIV": " / ".join(str(report.get("lanes", {}).get(k, 0)) for k in ("AIC", "AIV")),
         "pipe usage %": ", ".join(f"{k} {v:g}" for k, v in report.get("pipe_usage_pct", {}).items()),
-        "compile wall": f"{report.get('compile_s', 0):.2f} s",
+        "compile wall": f"{report.get('compile_s', 0):.2f} s" + (
+            f" (of which the one-time build of pypto's CPU calculator: {report['calculator_build_s']:.1f} s)"
+            if report.get("calculator_build_s") else ""),
         "simulate wall": f"{report.get('simulate_s', 0):.2f} s",
         "peak worker RSS": f"{report.get('peak_rss_mb', 0)} MB",
     })
@@ -285,8 +287,8 @@ def smoke(
     from qwenlayers.api import smoke as run_smoke
 
     with _handled(as_json):
-        with err.status(f"compiling and running the RMSNorm smoke kernel on {platform or 'the default platform'} …"):
-            result = run_smoke(platform, keep=keep)
+        with err.status(f"compiling and running the RMSNorm smoke kernel on {platform or 'the default platform'} …") as status:
+            result = run_smoke(platform, keep=keep, progress=lambda phase: status.update(f"smoke kernel: {phase} …"))
     if as_json:
         print(json.dumps({"platform": result.platform, "ok": result.ok, "max_abs_err": result.max_abs_err,
                           "exact": result.exact, "wall_s": result.wall_s, "report": result.report}, indent=2, default=str))

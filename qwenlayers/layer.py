@@ -67,7 +67,8 @@ class _Runs:
         self.kept_dir: Path | None = None
 
     def run(self, what: str, job: Any, estimate: int, lens: list[int], *, values: bool = True, keep: bool = False) -> WorkerResult:
-        result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep)
+        result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep,
+                         progress=lambda phase: self.say(f"{what}: {phase}"))
         self.reports.append(result.report)
         self.summaries.append(chunk_summary(what, estimate, lens, result.report, result.wall_s))
         self.kept_dir = result.kept_dir or self.kept_dir
@@ -283,8 +284,9 @@ def decode(
                          kc, vc, torch.tensor(lens[sl], dtype=torch.int32), part=part, schedule=schedule), kc, vc
 
     def whole_batch_cost_model_run() -> WorkerResult:
-        say(f"whole-batch cost-model run ({len(lens)} sequences, no values)")
-        return run_job(call.target, job_for(slice(0, len(lens)))[0], values=False, keep=keep)
+        what = f"whole-batch cost-model run ({len(lens)} sequences, no values)"
+        return run_job(call.target, job_for(slice(0, len(lens)))[0], values=False, keep=keep,
+                       progress=lambda phase: say(f"{what}: {phase}"))
 
     if not values:
         return _cost_model_only(call, whole_batch_cost_model_run())
@@ -381,8 +383,9 @@ def prefill(
         return PrefillJob(run_cfg, the_plan, x, packed, cos, sin, kc, vc, part, schedule=schedule), kc, vc
 
     def whole_batch_cost_model_run() -> WorkerResult:
-        say(f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)")
-        return run_job(call.target, job_for(0, batch)[0], values=False, keep=keep)
+        what = f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)"
+        return run_job(call.target, job_for(0, batch)[0], values=False, keep=keep,
+                       progress=lambda phase: say(f"{what}: {phase}"))
 
     phases = phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk) if schedule == "fused" else None
     if not values and phases is None:

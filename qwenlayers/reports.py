@@ -55,6 +55,7 @@ class LayerReport:
     check_failures: list[str] = field(default_factory=list)  # when checked and not within tolerance: why, per tensor
     schedule: str = "fused"  # or "reference": the reference-schedule baseline
     budgets: str = ""  # the budget set the plan was checked against (the plugin's own, or e.g. pypto-lib)
+    calculator_build_s: float = 0.0  # pypto's one-time CPU calculator build, when this call did it (inside compile_s)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +110,8 @@ def build_report(
         verification=merge_verification(reports), workarounds=list(target.switches),
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
         run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule, budgets=target.platform.budgets.name,
+        calculator_build_s=round(sum(float(r.get("calculator_build_s", 0.0))
+                                     for r in (reports if any(r is timing for r in reports) else [*reports, timing])), 1),
     )
 
 

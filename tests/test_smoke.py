@@ -65,3 +65,12 @@ def test_trace_kept_only_when_asked(runnable_platform):
     shutil.rmtree(worker_dir)  # kept because asked; the test cleans up after itself
     dropped = qwenlayers.smoke(runnable_platform.name, tokens=8, hidden=256)
     assert dropped.report["trace"] is None and dropped.report["run_dir"] is None
+
+
+def test_a_run_says_which_phase_its_worker_is_in(runnable_platform):
+    """Long compiles and simulations show progress: the worker names its phase, the parent
+    passes it on with the elapsed time (about twice a second)."""
+    seen: list[str] = []
+    qwenlayers.smoke(runnable_platform.name, tokens=8, hidden=256, progress=seen.append)
+    assert any(m.startswith("compiling") for m in seen) and any(m.startswith("simulating") for m in seen)
+    assert all(re.search(r", \d+ s$", m) for m in seen)

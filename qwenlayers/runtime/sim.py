@@ -1,4 +1,5 @@
-"""Worker-side helpers for pypto's SIM mode on a CPU-only machine. Imported in the worker only.
+"""Worker-side helpers for pypto's SIM mode on a CPU-only machine (the parent imports only the
+name of the status file, :data:`STATUS_ENV`; nothing here imports pypto at module level).
 
 * :func:`install_real_input_verify` replaces ``JitCallableWrapper._setup_verify_data``: upstream
   registers device copies that, without a device, are zeros, so the tensor-graph interpreter
@@ -28,6 +29,19 @@ from qwenlayers.runtime.paths import cache_dir, file_lock
 
 PHASE_TIMES: dict[str, float] = {}
 
+#: The file the worker names its current phase in, for the parent to show (runtime/worker.py).
+STATUS_ENV = "QWENLAYERS_WORKER_STATUS"
+
+
+def say_status(text: str) -> None:
+    """Name the worker's current phase (compiling, simulating, the one-time calculator build)."""
+    path = os.environ.get(STATUS_ENV)
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+
 
 def calculator_dir() -> Path:
     import torch
@@ -55,7 +69,10 @@ def load_calculator() -> None:
                 f" -DPY3_MOD_TORCH_C_GLIBCXX_USE_CXX11_ABI={tc.torch_c_use_cxx11_abi}"
             )
             print(f"[qwenlayers] building pypto's calculator once into {root} (about 30 s)", file=sys.stderr, flush=True)
+            say_status("building pypto's CPU calculator (once per machine, about 30-70 s)")
+            start = time.perf_counter()
             cc.compile(ctx)
+            PHASE_TIMES["calculator_build_s"] = time.perf_counter() - start
     ctypes.CDLL(str(so), mode=ctypes.RTLD_GLOBAL)
     mgr.calculator_loaded = True
 
@@ -71,8 +88,9 @@ def _setup_verify_real_inputs(pto_tensors: Any) -> None:
     pypto_impl.SetVerifyData(_pto_to_tensor_data(pto_tensors), [], _pto_verify_datas.get_data())
 
 
-def _timed(name: str, fn: Any) -> Any:
+def _timed(name: str, status: str, fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        say_status(status)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -96,8 +114,8 @@ def install_phase_timers() -> None:
     wrapper = entry.JitCallableWrapper
     if getattr(wrapper, "_qwenlayers_timed", False):
         return
-    wrapper.compile = _timed("compile_s", wrapper.compile)
-    wrapper._run_with_cpu = _timed("simulate_s", wrapper._run_with_cpu)
+    wrapper.compile = _timed("compile_s", "compiling (pypto passes)", wrapper.compile)
+    wrapper._run_with_cpu = _timed("simulate_s", "simulating (cost model, tensor-graph values)", wrapper._run_with_cpu)
     wrapper._qwenlayers_timed = True
 
 

@@ -30,6 +30,7 @@ from qwenlayers.runtime.exchange import message_exists, read_message, write_mess
 from qwenlayers.runtime.job_types import Job
 from qwenlayers.runtime.paths import cache_dir
 from qwenlayers.runtime.pypto_target import check_target
+from qwenlayers.runtime.sim import STATUS_ENV
 from qwenlayers.target import Target
 
 LOG_TAIL_LINES = 40
@@ -134,10 +135,19 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int) -> None:
-    """Wait for the worker, watching its group's resident size."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int, status: Path | None = None,
+          progress: Callable[[str], None] | None = None) -> None:
+    """Wait for the worker, watching its group's resident size, and pass on the phase it names
+    in ``status`` (compiling, simulating, the one-time calculator build) with its elapsed time."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     while proc.poll() is None:
+        if progress is not None and status is not None:
+            try:
+                phase = status.read_text()
+            except OSError:
+                phase = "starting (importing pypto)"
+            progress(f"{phase}, {time.monotonic() - started:.0f} s")
         rss = group_rss_bytes(proc.pid)
         if rss > limit:
             raise WorkerOverMemory(rss, limit)
@@ -176,13 +186,15 @@ def run_job(
     keep: bool = False,
     timeout: float | None = None,
     on_start: Callable[[Path], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> WorkerResult:
     """Run ``job`` on ``target`` (resolved and probed once by :func:`~qwenlayers.target.resolve_target`)
     in a fresh worker process and return its outputs and report.
 
     ``values=False`` runs the cost model only (no output values, nothing captured: cheap at any
     size). ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
-    deleted, since one big run leaves ~1.3 GB of traces.
+    deleted, since one big run leaves ~1.3 GB of traces. ``progress`` is told the worker's phase
+    and elapsed time about twice a second.
     """
     platform = target.platform
     run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job.kind}-", dir=cache_dir("runs")))
@@ -198,6 +210,7 @@ def run_job(
     }
     write_message(job_path, payload)
     env = worker_env(target, run_dir)
+    env[STATUS_ENV] = str(run_dir / "status")
     cmd = [sys.executable, "-m", "qwenlayers.runtime.worker_main", str(job_path), str(result_path)]
     if on_start:
         on_start(run_dir)
@@ -208,7 +221,7 @@ def run_job(
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             with exit_on_termination():
-                _wait(proc, timeout, memory_limit_bytes())
+                _wait(proc, timeout, memory_limit_bytes(), run_dir / "status", progress)
         except WorkerOverMemory as over:
             _stop(proc)
             raise KernelError(

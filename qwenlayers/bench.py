@@ -74,6 +74,7 @@ def run_bench(
     registry: PlatformRegistry | None = None,
     progress: Callable[[str], None] | None = None,
     budgets: Sequence[str | None] = (None,),
+    cache: bool = True,
 ) -> tuple[list[BenchPoint], Path]:
     """Run every (platform, budget set, batch, seq_len) point; returns the points and the plot's path.
 
@@ -105,9 +106,11 @@ def run_bench(
                     f"batch {batch}, seq_len {seq_len}")
                 args = random_inputs(cfg, phase, [seq_len] * batch, seed=seed, max_seq=max(cfg.max_seq, seq_len))
                 run = decode if phase == "decode" else prefill
-                result = run(cfg, weights, **args, platform=one, check=check, values=check, keep=True, registry=reg)
+                result = run(cfg, weights, **args, platform=one, check=check, values=check, keep=True, registry=reg,
+                             cache=cache)
                 rep = result.report
-                trace = _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}")
+                trace = (_earlier_trace(out_dir, rep.cache_key) if rep.from_cache else
+                         _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}"))
                 work = layer_work(cfg, phase, [seq_len] * batch)
                 roof_us, bound = roofline(target, work)
                 cal_us, cal_bound = cal.roofline_us(work)
@@ -128,8 +131,8 @@ def run_bench(
                                        f"nominal: {target.hbm_bandwidth} ({target.hbm_bandwidth.source}); "
                                        f"{target.bf16_peak} ({target.bf16_peak.source})",
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
-                    "within_tolerance": rep.within_tolerance,
-                    "baseline": _baseline_or_reason(phase, cfg, weights, args, one, reg, rep, say) if baseline else None,
+                    "within_tolerance": rep.within_tolerance, "from_cache": rep.from_cache, "cache_key": rep.cache_key,
+                    "baseline": _baseline_or_reason(phase, cfg, weights, args, one, reg, rep, say, cache) if baseline else None,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
@@ -139,12 +142,12 @@ def run_bench(
 
 
 def _baseline_or_reason(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target,
-                        reg: PlatformRegistry, ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
+                        reg: PlatformRegistry, ours: Any, say: Callable[[str], None], cache: bool = True) -> dict[str, Any]:
     """The baseline of a point, or why it was not measured: a baseline that fails (its compile,
     its run, or a size it cannot take) costs the comparison, never the fused point already
     measured. A warning says so; only a failure of the fused point fails ``bench``."""
     try:
-        return _baseline(phase, cfg, weights, args, target, reg, ours, say)
+        return _baseline(phase, cfg, weights, args, target, reg, ours, say, cache)
     except QwenlayersError as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         warnings.warn(f"bench: the reference-schedule baseline of {cfg.name} {phase} on {target.name} was not measured "
@@ -153,11 +156,11 @@ def _baseline_or_reason(phase: Phase, cfg: Any, weights: LayerWeights, args: dic
 
 
 def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target, reg: PlatformRegistry,
-              ours: Any, say: Callable[[str], None]) -> dict[str, Any]:
+              ours: Any, say: Callable[[str], None], cache: bool = True) -> dict[str, Any]:
     """The reference-schedule baseline at the same point and budget set (cost model only) and our ratios to it."""
     say(f"  reference-schedule baseline on {target.name}")
     run = decode if phase == "decode" else prefill
-    ref = run(cfg, weights, **args, platform=target, values=False, schedule="reference", registry=reg).report
+    ref = run(cfg, weights, **args, platform=target, values=False, schedule="reference", registry=reg, cache=cache).report
     ours_tasks, ref_tasks = sum(ours.tasks.values()), sum(ref.tasks.values())
     return {
         "schedule": "reference", "sim_us": ref.sim_us, "tasks": ref.tasks, "compile_s": ref.compile_s,
@@ -165,6 +168,22 @@ def _baseline(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any
         "speedup": ref.sim_us / ours.sim_us if ref.sim_us and ours.sim_us else None,
         "task_ratio": ref_tasks / ours_tasks if ours_tasks else None,
     }
+
+
+def _earlier_trace(out_dir: Path, key: str | None) -> Path | None:
+    """The trace an earlier run of the same program left in this results folder (a point
+    answered from the result cache has no run of its own to trace)."""
+    history = out_dir / "bench.jsonl"
+    if not key or not history.exists():
+        return None
+    for line in reversed(history.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("cache_key") == key and record.get("trace") and Path(record["trace"]).exists():
+            return Path(record["trace"])
+    return None
 
 
 def _keep_trace(trace: str | None, run_dir: str | None, out_dir: Path, stem: str) -> Path | None:

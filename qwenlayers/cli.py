@@ -30,6 +30,8 @@ PhaseOpt = Annotated[Literal["decode", "prefill"], typer.Option("--phase",
                                                                 help="decode (one new token per sequence) or prefill (all tokens of each sequence, causal).")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table (errors too).")]
 KeepOpt = Annotated[bool, typer.Option("--keep", metavar="", help="Keep pypto's run folder (Perfetto trace, logs).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", metavar="",
+                                          help="Simulate again even when the cost-model result cache holds this program.")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Qwen3 layers as PyPTO kernels for Ascend NPUs.")
 #: Width of tables when the output is not a terminal (a pipe, a file, a CI log): rich would
@@ -310,7 +312,9 @@ def _layer_table(title: str, report: Any) -> Table:
         "batch, seq_lens": f"{r['batch']}: {', '.join(map(str, r['seq_lens'][:8]))}{' …' if len(r['seq_lens']) > 8 else ''}",
         "plan": ", ".join(f"{k.upper()}={v}" for k, v in r["plan"].items() if k not in ("phase", "source", "origin")),
         "budget set": r["budgets"],
-        "workers (batch chunks)": f"{len(r['chunks'])}; timing from the {r['timing_from']}",
+        "workers (batch chunks)": f"{len(r['chunks'])}; timing from the {r['timing_from']}"
+                                  + (", answered from the cost-model result cache (--no-cache: simulate again)"
+                                     if r.get("from_cache") else ""),
     }
     raw = {**r, "npuarch": r["arch"]}
     table = _report_table(title, raw, extra)
@@ -363,6 +367,7 @@ def run(
     as_json: JsonOpt = False,
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", metavar="",
                                          help="Run even with NaN/Inf in the weights (refused by default); the check then fails."),
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Run one Qwen3 layer on a platform with random inputs and show where the time goes.
 
@@ -399,7 +404,8 @@ def run(
             run_layer = decode if phase == "decode" else prefill
             result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, budgets=budgets,
                                plan=overrides, check=check and not cost_model_only, keep=keep, values=not cost_model_only,
-                               verify_passes=verify_passes, schedule=schedule, progress=progress, allow_nonfinite=allow_nonfinite)
+                               verify_passes=verify_passes, schedule=schedule, progress=progress, allow_nonfinite=allow_nonfinite,
+                               cache=False if no_cache else None)
     rep = result.report
     if as_json:
         print(json.dumps(rep.as_dict(), indent=2, default=str))
@@ -482,6 +488,7 @@ def bench(
                                   help="Also run the reference-schedule baseline per point and show the ratios."),
     results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
     as_json: JsonOpt = False,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Sweep a layer over sizes and platforms: simulated µs, tasks, pipes, FLOPs, bytes, roofline.
 
@@ -498,7 +505,7 @@ def bench(
                 warnings.filterwarnings("ignore", message="bench: the reference-schedule baseline")
                 points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
                                               budgets=budgets or [None],
-                                              results=Path(results) if results else None,
+                                              results=Path(results) if results else None, cache=not no_cache,
                                               progress=lambda m: status.update(m + " …"))
     if as_json:
         print(json.dumps([p.record for p in points], indent=2, default=str))
@@ -541,6 +548,7 @@ def tune(
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds to search."),
     field: list[str] = typer.Option([], "--field", help="Only tune these plan fields (repeatable), e.g. --field SEQ_TILE."),
     budgets: BudgetsOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Search the tiling plans the platform budgets allow, with the cost model, and cache the
     fastest as the default for (platform, model, phase, shape class)."""
@@ -552,7 +560,7 @@ def tune(
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
             task = bar.add_task(f"tuning {model} {phase} (limit {time_limit:.0f} s) …", total=None)
             result = run_tune(phase, model, platform, batch=batch, seq_len=seq_len, time_limit_s=time_limit,
-                              fields=[f.lower() for f in field] or None, budgets=budgets,
+                              fields=[f.lower() for f in field] or None, budgets=budgets, cache=not no_cache,
                               progress=lambda msg, n: bar.update(task, description=f"tuning {model} {phase}: {msg}"))
     table = Table(title=f"tuned {result.key}: {result.default_us:.1f} µs -> {result.best_us:.1f} µs "
                         f"({result.default_us / result.best_us:.2f}x), {len(result.tried)} plans tried")

@@ -60,15 +60,15 @@ class LayerResult:
 class _Runs:
     """The workers of one call: their reports and summary lines, and the progress line."""
 
-    def __init__(self, target: Target, say: Progress, verify_passes: bool) -> None:
-        self.target, self.say, self.verify_passes = target, say, verify_passes
+    def __init__(self, target: Target, say: Progress, verify_passes: bool, cache: bool | None = None) -> None:
+        self.target, self.say, self.verify_passes, self.cache = target, say, verify_passes, cache
         self.reports: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
         self.kept_dir: Path | None = None
 
     def run(self, what: str, job: Any, estimate: int, lens: list[int], *, values: bool = True, keep: bool = False) -> WorkerResult:
         result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep,
-                         progress=lambda phase: self.say(f"{what}: {phase}"))
+                         progress=lambda phase: self.say(f"{what}: {phase}"), cache=self.cache)
         self.reports.append(result.report)
         self.summaries.append(chunk_summary(what, estimate, lens, result.report, result.wall_s))
         self.kept_dir = result.kept_dir or self.kept_dir
@@ -170,7 +170,8 @@ def _prefill_in_parts(runs: _Runs, job: PrefillJob, split: PrefillSplit, *, valu
     return {"out": residual_after_reduction(resid, summed), "k_cache": k_out, "v_cache": v_out}
 
 
-def _phased_timing(target: Target, job: PrefillJob, phases: PrefillSplit, say: Progress, keep: bool = False) -> dict[str, Any]:
+def _phased_timing(target: Target, job: PrefillJob, phases: PrefillSplit, say: Progress, keep: bool = False,
+                   cache: bool | None = None) -> dict[str, Any]:
     """The timing of a prefill too long for one cost-model run: its phases (loop A, loop B in
     groups of query tiles, loop C, the MLP) simulated one after another, their µs, cycles and
     tasks added. In the one program the loops also run one after another (each reads what the
@@ -178,7 +179,7 @@ def _phased_timing(target: Target, job: PrefillJob, phases: PrefillSplit, say: P
     boundaries (docs/prefill.md measures it where both run). ``keep`` joins the phases' Perfetto
     traces end to end into one (runtime/traces.py) in a run folder of its own; the phases' own
     folders (~1 GB each at qwen3-32b) are then removed."""
-    runs = _Runs(target, say, False)
+    runs = _Runs(target, say, False, cache)
     _prefill_in_parts(runs, job, phases, values=False, keep=keep)
     reports, summaries = runs.reports, runs.summaries
     timing: dict[str, Any] = {**reports[0], "phases": summaries}
@@ -199,6 +200,7 @@ def _phased_timing(target: Target, job: PrefillJob, phases: PrefillSplit, say: P
             if r.get("run_dir"):
                 shutil.rmtree(r["run_dir"], ignore_errors=True)
     timing["timing_from"] = f"phased cost-model runs ({len(reports)} programs, their times added)"
+    timing["from_cache"] = all(r.get("from_cache") for r in reports)
     return timing
 
 
@@ -241,6 +243,7 @@ def decode(
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
+    cache: bool | None = None,
 ) -> LayerResult:
     """One decode step of one Qwen3 layer on a platform.
 
@@ -256,7 +259,9 @@ def decode(
     from one extra whole-batch cost-model run of the one-program layer.
 
     ``values=False`` runs only that cost-model run (cheap at any size): ``out`` is None and
-    the caches are not touched. ``verify_passes=True`` also checks pypto's default lowered
+    the caches are not touched. Cost-model runs answer from the result cache when the same
+    program ran before (``report.from_cache``; ``cache=False`` forces a fresh run; None uses it
+    unless ``keep`` asks for a run folder). ``verify_passes=True`` also checks pypto's default lowered
     passes against its tensor graph (``report.verification``; slower).
 
     ``schedule="reference"`` runs the reference-schedule baseline instead of the fused kernel
@@ -286,7 +291,7 @@ def decode(
     def whole_batch_cost_model_run() -> WorkerResult:
         what = f"whole-batch cost-model run ({len(lens)} sequences, no values)"
         return run_job(call.target, job_for(slice(0, len(lens)))[0], values=False, keep=keep,
-                       progress=lambda phase: say(f"{what}: {phase}"))
+                       progress=lambda phase: say(f"{what}: {phase}"), cache=cache)
 
     if not values:
         return _cost_model_only(call, whole_batch_cost_model_run())
@@ -296,7 +301,7 @@ def decode(
         split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     out = torch.empty_like(hidden)
     written: list[Written] = []
-    runs = _Runs(call.target, say, verify_passes)
+    runs = _Runs(call.target, say, verify_passes, cache)
     single = len(split.chunks) == 1 and split.part == "layer"
     for n, chunk in enumerate(split.chunks, 1):
         sl = slice(chunk.start, chunk.stop)
@@ -338,6 +343,7 @@ def prefill(
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
+    cache: bool | None = None,
 ) -> LayerResult:
     """Causal prefill of one Qwen3 layer on a platform.
 
@@ -385,14 +391,14 @@ def prefill(
     def whole_batch_cost_model_run() -> WorkerResult:
         what = f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)"
         return run_job(call.target, job_for(0, batch)[0], values=False, keep=keep,
-                       progress=lambda phase: say(f"{what}: {phase}"))
+                       progress=lambda phase: say(f"{what}: {phase}"), cache=cache)
 
     phases = phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk) if schedule == "fused" else None
     if not values and phases is None:
         return _cost_model_only(call, whole_batch_cost_model_run())
     timing_phased: dict[str, Any] = {}
     if phases is not None:  # too long for one cost-model run: its timing comes from the phases
-        timing_phased = _phased_timing(call.target, job_for(0, batch)[0], phases, say, keep=keep and not values)
+        timing_phased = _phased_timing(call.target, job_for(0, batch)[0], phases, say, keep=keep and not values, cache=cache)
         if not values:
             report = build_report("prefill", call.target, call.config, lens, the_plan, timing_phased,
                                   timing_phased["timing_from"], [timing_phased], timing_phased["phases"],
@@ -400,7 +406,7 @@ def prefill(
             return LayerResult(None, report)
 
     written: list[Written] = []
-    runs = _Runs(call.target, say, verify_passes)
+    runs = _Runs(call.target, say, verify_passes, cache)
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
         job, kc, vc = job_for(chunk.start, chunk.stop)

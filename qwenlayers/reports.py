@@ -56,6 +56,8 @@ class LayerReport:
     schedule: str = "fused"  # or "reference": the reference-schedule baseline
     budgets: str = ""  # the budget set the plan was checked against (the plugin's own, or e.g. pypto-lib)
     calculator_build_s: float = 0.0  # pypto's one-time CPU calculator build, when this call did it (inside compile_s)
+    from_cache: bool = False  # the timing was answered from the cost-model result cache (runtime/result_cache.py)
+    cache_key: str | None = None  # the timing run's key in that cache
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +112,7 @@ def build_report(
         verification=merge_verification(reports), workarounds=list(target.switches),
         chunks=summaries, timing_from=timing_from, trace=timing.get("trace"),
         run_dir=str(kept_dir) if kept_dir else timing.get("run_dir"), schedule=schedule, budgets=target.platform.budgets.name,
+        from_cache=bool(timing.get("from_cache")), cache_key=timing.get("cache_key"),
         calculator_build_s=round(sum(float(r.get("calculator_build_s", 0.0))
                                      for r in (reports if any(r is timing for r in reports) else [*reports, timing])), 1),
     )

@@ -54,6 +54,7 @@ def tune(
     registry: PlatformRegistry | None = None,
     progress: Callable[[str, int], None] | None = None,
     budgets: str | None = None,
+    cache: bool = True,
 ) -> TuneResult:
     """Tune the plan for (platform, model, phase, class of batch x seq_len) within the time limit."""
     reg = registry or get_registry()
@@ -72,7 +73,8 @@ def tune(
         key = plan.cache_key()
         if key not in measured:
             run = decode if phase == "decode" else prefill
-            result = run(run_cfg, weights, **args, platform=resolved, plan=plan, values=False, registry=reg)
+            result = run(run_cfg, weights, **args, platform=resolved, plan=plan, values=False, registry=reg,
+                         cache=cache)
             measured[key] = float(result.report.sim_us or float("inf"))
             tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks})
             say(f"{len(tried)} plans tried, best {min(measured.values()):.1f} µs", len(tried))

@@ -17,6 +17,16 @@ def _seeded_torch() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test simulates its own runs (a test that stops a worker must find one running);
+    tests marked ``result_cache`` exercise the cost-model result cache itself."""
+    if request.node.get_closest_marker("result_cache") is None:
+        monkeypatch.setenv("QWENLAYERS_NO_CACHE", "1")
+    else:
+        monkeypatch.delenv("QWENLAYERS_NO_CACHE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def platform_name() -> str:
     return os.environ.get("QWENLAYERS_PLATFORM") or DEFAULT_PLATFORM

@@ -91,7 +91,7 @@ def test_a_failing_baseline_costs_the_comparison_not_the_point(monkeypatch, tmp_
         return SimpleNamespace(report=SimpleNamespace(
             sim_us=10.0, total_cycles=1.0, arch="DAV_3510", cost_model_arch="A5", lanes={}, tasks={"AIC": 1, "AIV": 2},
             pipe_usage_pct={}, compile_s=1.0, simulate_s=1.0, peak_rss_mb=100, plan={}, trace=None, run_dir=None,
-            max_abs_err=None, within_tolerance=None))
+            max_abs_err=None, within_tolerance=None, from_cache=False, cache_key=None))
 
     cal = Calibration("a5sim", "0.2.0", 1000.0, 100.0, 100.0, 1.0, 1.0, 1.0, 1000.0, 1000.0)
     monkeypatch.setattr(bench, "decode", fake_run)

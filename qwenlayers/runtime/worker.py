@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from qwenlayers.errors import KernelError
+from qwenlayers.runtime import result_cache
 from qwenlayers.runtime.chunking import GIB, env_bytes
 from qwenlayers.runtime.exchange import message_exists, read_message, write_message
 from qwenlayers.runtime.job_types import Job
@@ -187,6 +188,7 @@ def run_job(
     timeout: float | None = None,
     on_start: Callable[[Path], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    cache: bool | None = None,
 ) -> WorkerResult:
     """Run ``job`` on ``target`` (resolved and probed once by :func:`~qwenlayers.target.resolve_target`)
     in a fresh worker process and return its outputs and report.
@@ -195,8 +197,21 @@ def run_job(
     size). ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
     deleted, since one big run leaves ~1.3 GB of traces. ``progress`` is told the worker's phase
     and elapsed time about twice a second.
+
+    A cost-model run answers from the result cache when the same program ran before
+    (:mod:`qwenlayers.runtime.result_cache`; ``report["from_cache"]``, no run folder); ``cache``
+    None uses it unless the run folder is asked for (``keep``), False never, True also with
+    ``keep`` (the caller then does without a new trace). Every cost-model run is stored.
     """
     platform = target.platform
+    key = result_cache.job_key(target, job, verify_passes) if not values and not result_cache.disabled() else None
+    if key and (cache if cache is not None else not keep):
+        start = time.perf_counter()
+        hit = result_cache.lookup(key)
+        if hit is not None:
+            if progress is not None:
+                progress("answered from the cost-model result cache")
+            return WorkerResult(hit[0], hit[1], time.perf_counter() - start, None, list(target.switches))
     run_dir = Path(tempfile.mkdtemp(prefix=f"{platform.name}-{job.kind}-", dir=cache_dir("runs")))
     job_path, result_path, log_path = run_dir / "job", run_dir / "result", run_dir / "worker.log"
     payload = {
@@ -262,6 +277,9 @@ def run_job(
         )
     report = result["report"]
     check_target(platform, report)
+    if key:  # a fresh run (--no-cache too) refreshes the entry
+        result_cache.store(key, result["outputs"], report)
+        report["cache_key"] = key
     if keep:
         kept: Path | None = run_dir
     else:

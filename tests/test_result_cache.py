@@ -1,0 +1,66 @@
+"""Nothing simulated twice: an identical cost-model run answers from the result cache and says so."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import qwenlayers
+from qwenlayers.cli import app
+from qwenlayers.core.config import preset
+from qwenlayers.inputs import random_inputs
+from qwenlayers.runtime import result_cache
+from qwenlayers.runtime.job_types import RmsNormJob
+from qwenlayers.target import resolve_target
+
+runner = CliRunner()
+
+
+def _job(rows=16, cols=256, fill=0.0):
+    return RmsNormJob(torch.full((rows, cols), fill).bfloat16(), torch.ones(cols).bfloat16(), 1e-6, (rows, 32))
+
+
+def test_the_key_is_the_program_and_the_target_not_the_numbers():
+    a5 = resolve_target("a5sim")
+    key = result_cache.job_key(a5, _job(), False)
+    assert result_cache.job_key(a5, _job(fill=3.0), False) == key  # the tensors' values do not change the program
+    assert result_cache.job_key(a5, _job(rows=8), False) != key  # their shapes do
+    assert result_cache.job_key(a5, replace(_job(), eps=1e-5), False) != key
+    assert result_cache.job_key(a5, _job(), True) != key  # pass verification is part of the run
+    assert result_cache.job_key(resolve_target("a2a3sim"), _job(), False) != key  # so is the target
+    other_budgets = resolve_target("a5sim", budgets="pypto-lib")
+    assert result_cache.job_key(other_budgets, _job(), False) != key
+
+
+@pytest.mark.sim
+@pytest.mark.result_cache
+def test_an_identical_cost_model_run_answers_from_the_cache(runnable_platform):
+    cfg = preset("tiny")
+    w = qwenlayers.LayerWeights.random(cfg, seed=11)
+    args = random_inputs(cfg, "decode", [3, 17], seed=11)
+    # a plan no other test uses, so the first run is a fresh one whatever ran before
+    plan = {"seq_tile": 16, "kv_block": 48}
+    fresh = qwenlayers.decode(cfg, w, **args, platform=runnable_platform.name, plan=plan, values=False, cache=False)
+    again = qwenlayers.decode(cfg, w, **args, platform=runnable_platform.name, plan=plan, values=False)
+    assert not fresh.report.from_cache and again.report.from_cache
+    assert again.report.sim_us == fresh.report.sim_us and again.report.tasks == fresh.report.tasks
+    assert again.report.wall_s < fresh.report.wall_s
+    other = qwenlayers.decode(cfg, w, **args, platform=runnable_platform.name, plan={**plan, "kv_block": 32}, values=False)
+    assert not other.report.from_cache  # another program
+
+
+@pytest.mark.sim
+@pytest.mark.result_cache
+def test_a_repeated_bench_point_reuses_its_result_and_its_trace(runnable_platform, tmp_path):
+    cmd = ["bench", "-m", "tiny", "--batch", "3", "--seq-len", "40", "-p", runnable_platform.name, "--no-baseline",
+           "--results", str(tmp_path), "--json"]
+    first = runner.invoke(app, [*cmd, "--no-cache"])
+    second = runner.invoke(app, cmd)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    a, b = json.loads(first.stdout)[0], json.loads(second.stdout)[0]
+    assert not a["from_cache"] and b["from_cache"] and b["sim_us"] == a["sim_us"]
+    assert b["trace"] == a["trace"] and a["trace"]  # the earlier run's trace stands for the repeat
+    records = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert [r["from_cache"] for r in records] == [False, True]

@@ -64,3 +64,20 @@ def test_a_repeated_bench_point_reuses_its_result_and_its_trace(runnable_platfor
     assert b["trace"] == a["trace"] and a["trace"]  # the earlier run's trace stands for the repeat
     records = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert [r["from_cache"] for r in records] == [False, True]
+
+
+def test_a_damaged_entry_is_absent_with_one_warning(tmp_path, monkeypatch):
+    """An entry is data only (JSON + safetensors, runtime/exchange.py); one that does not read is
+    treated as absent, named in a warning, and the run simulates afresh."""
+    from qwenlayers.runtime.paths import CacheWarning
+
+    monkeypatch.setenv("QWENLAYERS_CACHE_DIR", str(tmp_path / "cache"))
+    key = "0" * 32
+    result_cache.store(key, {"out": torch.zeros(2, 3)}, {"sim_us": 1.5, "run_dir": "/x", "trace": "/y"})
+    outputs, report = result_cache.lookup(key)
+    assert outputs["out"].shape == (2, 3) and report["sim_us"] == 1.5 and report["from_cache"] is True
+    assert report["run_dir"] is None and report["trace"] is None  # a cached answer has no run of its own
+    stem = result_cache._stem(key)
+    stem.with_suffix(".json").write_text("{ not json")
+    with pytest.warns(CacheWarning, match=key):
+        assert result_cache.lookup(key) is None

@@ -252,7 +252,7 @@ def plan(
 def _report_table(title: str, report: dict[str, Any], extra: dict[str, Any]) -> Table:
     table = Table(title=title)
     table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("value", overflow="fold")  # left: a long plan row would push every value far right
     rows: dict[str, Any] = dict(extra)
     rows.update({
         "compiled for arch (pypto npuarch)": report.get("npuarch"),
@@ -565,7 +565,7 @@ def tune(
     table = Table(title=f"tuned {result.key}: {result.default_us:.1f} µs -> {result.best_us:.1f} µs "
                         f"({result.default_us / result.best_us:.2f}x), {len(result.tried)} plans tried")
     table.add_column("key")
-    table.add_column("value", justify="right")
+    table.add_column("value", overflow="fold")  # left: a long plan row would push every value far right
     table.add_column("from")
     for name in result.best.values():
         table.add_row(name.upper(), str(getattr(result.best, name)), result.best.origin_of(name))

@@ -26,8 +26,8 @@ import qwenlayers
 from qwenlayers.core.config import preset
 from qwenlayers.core.work import layer_work
 from qwenlayers.inputs import random_inputs
-from qwenlayers.registry import get_registry
 from qwenlayers.runtime.calibration import calibrate
+from qwenlayers.target import resolve_target
 
 
 def run_one(model: str, platform: str, lens: list[int], check: bool, console: Console, keep: bool = False) -> dict:
@@ -35,11 +35,12 @@ def run_one(model: str, platform: str, lens: list[int], check: bool, console: Co
     weights = qwenlayers.LayerWeights.random(cfg, seed=0)
     inputs = random_inputs(cfg, "prefill", lens, seed=0)
     start = time.perf_counter()
+    target = resolve_target(platform)  # once: the run and the calibration
     with console.status(f"{model} prefill on {platform} ({lens}) …") as status:
-        result = qwenlayers.prefill(cfg, weights, **inputs, platform=platform, check=check, values=check, keep=keep,
+        result = qwenlayers.prefill(cfg, weights, **inputs, platform=target, check=check, values=check, keep=keep,
                                     progress=lambda m: status.update(f"{model} on {platform}: {m}"))
     rep = result.report
-    cal = calibrate(get_registry().select(platform))
+    cal = calibrate(target)
     roof_us, bound = cal.roofline_us(layer_work(cfg, "prefill", lens))
     return record("prefill_layer", {"model": model, "platform": platform, "seq_lens": lens,
                                     "bench_wall_s": round(time.perf_counter() - start, 1),

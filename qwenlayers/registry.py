@@ -49,6 +49,7 @@ from qwenlayers.errors import (
     UnknownPlatformError,
 )
 from qwenlayers.runtime import builtin_plugin
+from qwenlayers.runtime.pyptoenv import layered_env
 
 ENTRY_POINT_GROUP = "qwenlayers.platforms"
 ENV_PLATFORM = "QWENLAYERS_PLATFORM"
@@ -396,8 +397,7 @@ class PlatformRegistry:
         env: dict[str, str] = {}
         for _, answer in reversed(self._call("qwenlayers_prepare_runtime", firstresult=False, platform=platform,
                                              workdir=workdir)):
-            for key, value in answer.items():
-                env[key] = value + os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else value
+            env = layered_env(env, answer)
         return env
 
 

@@ -9,6 +9,7 @@ to know these details (workaround ``pypto-ini-overlay``).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ def platform_workdir(platform: Platform) -> Path:
     return cache_dir("platforms", platform.name, f"pypto-{pypto_version() or 'none'}")
 
 
+@functools.lru_cache(maxsize=1)
 def installed_ini() -> str:
+    """The platform ini pypto ships (read once: the installed package does not change under a process)."""
     return (pypto_dir() / "lib" / "configs" / "A2A3.ini").read_text()
 
 
@@ -58,10 +61,10 @@ def _set_key(text: str, section: str, key: str, value: str) -> str:
     return "\n".join(lines) + ending
 
 
-def render_ini(platform: Platform, base: str | None = None) -> str:
-    """pypto's platform ini for ``platform``: its ``pypto_ini`` (or pypto's own, ``base``) with
-    the descriptor's arch, core counts and buffer sizes put in."""
-    text = platform.pypto_ini or (installed_ini() if base is None else base)
+def render_ini(platform: Platform) -> str:
+    """pypto's platform ini for ``platform``: its ``pypto_ini`` (or pypto's own) with the
+    descriptor's arch, core counts and buffer sizes put in."""
+    text = platform.pypto_ini or installed_ini()
     b, c = platform.buffers, platform.cores
     for section, key, value in (
         ("version", "NpuArch", _npuarch_number(platform.arch)),

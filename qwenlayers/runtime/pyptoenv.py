@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def check_pypto() -> str | None:
     if version not in SUPPORTED_PYPTO:
         return f"pypto {version} is installed; qwenlayers supports {', '.join(SUPPORTED_PYPTO)}"
     return None
+
+
+def layered_env(base: Mapping[str, str], over: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with ``over``'s variables laid on top: ``PYTHONPATH`` entries are prepended (an
+    overlay package must be found first), every other name is replaced."""
+    env = dict(base)
+    for key, value in over.items():
+        env[key] = value + os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else value
+    return env
 
 
 def make_ini_overlay(ini_text: str, dest: Path) -> Path:

@@ -41,7 +41,7 @@ NO_CACHE_ENV = "QWENLAYERS_NO_CACHE"
 PACKAGE = Path(__file__).resolve().parents[1]
 #: the sources whose change changes a program or its report
 PROGRAM_SOURCES = ("core", "runtime/jobs.py", "runtime/job_types.py", "runtime/sim.py", "runtime/worker_main.py",
-                   "runtime/pypto_target.py", "runtime/builtin_plugin.py")
+                   "runtime/pypto_target.py", "runtime/pyptoenv.py", "runtime/builtin_plugin.py")
 
 
 def disabled() -> bool:

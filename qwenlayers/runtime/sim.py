@@ -34,13 +34,15 @@ STATUS_ENV = "QWENLAYERS_WORKER_STATUS"
 
 
 def say_status(text: str) -> None:
-    """Name the worker's current phase (compiling, simulating, the one-time calculator build)."""
+    """Name the worker's next phase (compiling, simulating, the one-time calculator build): one
+    line appended in one write, so the parent sees every phase, however short, in order."""
     path = os.environ.get(STATUS_ENV)
     if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (text.replace("\n", " ") + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 def calculator_dir() -> Path:

@@ -31,6 +31,7 @@ from qwenlayers.runtime.exchange import message_exists, read_message, write_mess
 from qwenlayers.runtime.job_types import Job
 from qwenlayers.runtime.paths import cache_dir
 from qwenlayers.runtime.pypto_target import check_target
+from qwenlayers.runtime.pyptoenv import layered_env
 from qwenlayers.runtime.sim import STATUS_ENV
 from qwenlayers.target import Target
 
@@ -55,12 +56,9 @@ def worker_env(target: Target, run_dir: Path) -> dict[str, str]:
         PYPTO_HOME=str(run_dir / "pypto_home"),
         QWENLAYERS_CACHE_DIR=str(cache_dir()),
         PYTHONUNBUFFERED="1",
+        **{STATUS_ENV: str(run_dir / "status")},  # where the worker names its phase
     )
-    for key, value in target.runtime_env.items():
-        if key == "PYTHONPATH" and env.get("PYTHONPATH"):
-            value = value + os.pathsep + env["PYTHONPATH"]
-        env[key] = value
-    return env
+    return layered_env(env, target.runtime_env)
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -136,19 +134,30 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
+def _relay(status: Path | None, progress: Callable[[str], None] | None, started: float, seen: int) -> int:
+    """Pass on every phase the worker named since the last call (each once, in order), or the
+    current one again with the elapsed time; returns how many phases were seen so far."""
+    if progress is None or status is None:
+        return seen
+    try:
+        phases = status.read_text().splitlines()
+    except OSError:
+        phases = []
+    elapsed = f"{time.monotonic() - started:.0f} s"
+    for phase in phases[seen:] or phases[-1:] or ["starting (importing pypto)"]:
+        progress(f"{phase}, {elapsed}")
+    return max(seen, len(phases))
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int, status: Path | None = None,
           progress: Callable[[str], None] | None = None) -> None:
     """Wait for the worker, watching its group's resident size, and pass on the phase it names
     in ``status`` (compiling, simulating, the one-time calculator build) with its elapsed time."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
+    seen = 0
     while proc.poll() is None:
-        if progress is not None and status is not None:
-            try:
-                phase = status.read_text()
-            except OSError:
-                phase = "starting (importing pypto)"
-            progress(f"{phase}, {time.monotonic() - started:.0f} s")
+        seen = _relay(status, progress, started, seen)
         rss = group_rss_bytes(proc.pid)
         if rss > limit:
             raise WorkerOverMemory(rss, limit)
@@ -158,6 +167,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None, limit: int, stat
             proc.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             pass
+    _relay(status, progress, started, seen)  # the phases of its last half second
 
 
 def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
@@ -225,7 +235,6 @@ def run_job(
     }
     write_message(job_path, payload)
     env = worker_env(target, run_dir)
-    env[STATUS_ENV] = str(run_dir / "status")
     cmd = [sys.executable, "-m", "qwenlayers.runtime.worker_main", str(job_path), str(result_path)]
     if on_start:
         on_start(run_dir)

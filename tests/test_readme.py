@@ -11,9 +11,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.sim
-def test_readme_python_snippet_runs_as_a_script(platform_name, tmp_path):
-    if platform_name != "a5sim":
-        pytest.skip(f"the README snippet runs on a5sim (what `pip install qwenlayers[a5sim]` installs), not {platform_name}")
+def test_readme_python_snippet_runs_as_a_script(tmp_path):
+    """On every test env: the snippet names a5sim (what `pip install qwenlayers[a5sim]` installs),
+    which every env has and which runs on any box."""
     block = re.search(r"From Python[^\n]*\n\n```python\n(.*?)```", README.read_text(), re.S)
     assert block, "README has no Python snippet"
     script = tmp_path / "snippet.py"

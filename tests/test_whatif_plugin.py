@@ -17,20 +17,19 @@ import pytest
 HERE = Path(__file__).parent
 README = HERE.parent / "README.md"
 
-#: per in-tree sim under test: the what-if variant of the same target, and what it changes
-VARIANTS = {
-    "a5sim": ("a5w20", "qwenlayers_a5w20", {"arch": "DAV_3510", "sim_arch": "A5", "cube": 20, "ub": 128 * 1024}),
-    "a2a3sim": ("a2a3l1", "qwenlayers_a2a3l1", {"arch": "DAV_2201", "sim_arch": "A2A3", "cube": 16, "l1": 256 * 1024}),
-}
+#: per target family: the what-if variant, what it changes, and the in-tree sim it is compared with
+A5_VARIANT = ("a5w20", "qwenlayers_a5w20", {"arch": "DAV_3510", "sim_arch": "A5", "cube": 20, "ub": 128 * 1024}, "a5sim")
+A2A3_VARIANT = ("a2a3l1", "qwenlayers_a2a3l1", {"arch": "DAV_2201", "sim_arch": "A2A3", "cube": 16, "l1": 256 * 1024},
+                "a2a3sim")
+#: the platform under test picks its family's variant; a variant is a sim, so it runs on every env
+VARIANTS = {"a5sim": A5_VARIANT, "a5": A5_VARIANT, "a2a3sim": A2A3_VARIANT, "a2a3": A2A3_VARIANT}
 
 
 @pytest.fixture(scope="module")
 def whatif(platform_name, tmp_path_factory):
-    """(variant name, expected facts, env with the variant installed); skips where the platform
-    under test is not one of the in-tree sims a variant is compared with."""
-    if platform_name not in VARIANTS:
-        pytest.skip(f"the what-if variants are compared with an in-tree sim (a5sim, a2a3sim), not {platform_name}")
-    name, package, facts = VARIANTS[platform_name]
+    """(variant name, expected facts, env with the variant installed, the in-tree sim to compare
+    with), for the family of the platform under test (a5 for any other)."""
+    name, package, facts, in_tree = VARIANTS.get(platform_name, A5_VARIANT)
     tmp = tmp_path_factory.mktemp("whatif")
     src = tmp / package
     shutil.copytree(HERE / "plugins" / package, src)
@@ -38,7 +37,7 @@ def whatif(platform_name, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(src)], check=True)
     env = {**os.environ, "PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("QWENLAYERS_PLATFORM", None)
-    return name, facts, env
+    return name, facts, env, in_tree
 
 
 def _cli(env, *args, check=True):
@@ -59,7 +58,7 @@ def test_readme_shows_the_tested_plugin():
 
 @pytest.mark.sim
 def test_whatif_is_listed_with_its_own_facts(whatif):
-    name, facts, env = whatif
+    name, facts, env, _ = whatif
     rows = {r["name"]: r for r in json.loads(_cli(env, "platforms", "--json").stdout)}
     row = rows[name]
     assert row["usable"] is True and row["run_mode"] == "sim" and row["arch"] == facts["arch"]
@@ -72,7 +71,7 @@ def test_whatif_is_listed_with_its_own_facts(whatif):
 @pytest.mark.sim
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 def test_whatif_compiles_for_itself_and_matches_the_golden(whatif, phase):
-    name, facts, env = whatif
+    name, facts, env, _ = whatif
     res = _cli(env, "run", "--phase", phase, "-m", "tiny", "-p", name, "--json")
     report = json.loads(res.stdout)
     assert report["platform"] == name
@@ -85,15 +84,15 @@ def test_whatif_compiles_for_itself_and_matches_the_golden(whatif, phase):
 
 
 @pytest.mark.sim
-def test_bench_shows_the_whatif_beside_the_in_tree_target(whatif, platform_name, tmp_path):
-    name, facts, env = whatif
+def test_bench_shows_the_whatif_beside_the_in_tree_target(whatif, tmp_path):
+    name, facts, env, in_tree = whatif
     res = _cli(env, "bench", "--phase", "decode", "-m", "tiny", "--batch", "4", "--seq-len", "64", "-p", name,
-               "-p", platform_name, "--no-baseline", "--results", str(tmp_path), "--json")
+               "-p", in_tree, "--no-baseline", "--results", str(tmp_path), "--json")
     records = {r["platform"]: r for r in json.loads(res.stdout)}
-    assert set(records) == {name, platform_name}
+    assert set(records) == {name, in_tree}
     assert all(r["sim_us"] > 0 for r in records.values())
     assert records[name]["lanes"]["AIC"] == facts["cube"]
-    assert records[platform_name]["lanes"]["AIC"] != facts["cube"]
+    assert records[in_tree]["lanes"]["AIC"] != facts["cube"]
 
 
 def test_piped_tables_keep_their_columns():

@@ -12,6 +12,7 @@ from qwenlayers import golden
 from qwenlayers.core.compare import compare
 from qwenlayers.core.config import preset
 from qwenlayers.core.platform import PYPTO_LIB_BUDGETS, Budgets, Buffers
+from qwenlayers.core.tiling import cache_write_rows
 from qwenlayers.errors import TilingError
 from qwenlayers.plugin_kit import derived_budgets
 from qwenlayers.registry import get_registry
@@ -65,15 +66,18 @@ def test_decode_and_prefill_run_under_pypto_lib_budgets(runnable_platform):
     cfg = preset("tiny")
     weights = qwenlayers.LayerWeights.random(cfg, seed=3)
     gen = torch.Generator().manual_seed(3)
-    lens = [5, 70]
+    # 10 sequences: 20 new K/V rows, more than one 2 KB cache-write tile holds (16 rows of 64 bf16)
+    lens = [5, 70, 1, 3, 9, 17, 33, 2, 100, 64]
+    assert cache_write_rows(cfg, runnable_platform.with_budgets("pypto-lib")) < len(lens) * cfg.num_key_value_heads
     shape = (len(lens), cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
     hidden = torch.randn(len(lens), cfg.hidden_size, generator=gen).bfloat16()
     k, v = torch.randn(shape, generator=gen).bfloat16(), torch.randn(shape, generator=gen).bfloat16()
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    ref = golden.decode(cfg, weights, hidden, k.clone(), v.clone(), seq_lens)[0]
+    ref, ref_k, ref_v = golden.decode(cfg, weights, hidden, k.clone(), v.clone(), seq_lens)
     dec = qwenlayers.decode(cfg, weights, hidden, k, v, seq_lens, platform=runnable_platform.name, budgets="pypto-lib")
     assert dec.report.budgets == "pypto-lib" and dec.report.plan["seq_tile"] == 64
     assert compare(dec.out, ref).ok
+    assert compare(k, ref_k).ok and compare(v, ref_v).ok  # every tile of the cache write landed
 
     ph = torch.randn(len(lens), max(lens), cfg.hidden_size, generator=gen).bfloat16()
     pre = qwenlayers.prefill(cfg, weights, ph, seq_lens, platform=runnable_platform.name, budgets="pypto-lib", check=True)

@@ -296,6 +296,13 @@ def tile_checks(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> li
     return [TileCheck(t, *budget[t.kind]) for t in plan_tiles(plan, config)]
 
 
+def cache_write_rows(config: Qwen3Config, platform: Platform) -> int:
+    """Rows of decode's cache-write vector tile: as many new [1, head_dim] bf16 K/V rows as fit
+    one TILELET (at least one). Not a plan field: the write covers B*KVH rows, so its tile is
+    set by the batch and bounded here rather than chosen (``DecodeShape.write_rows``)."""
+    return max(1, platform.budgets.tilelet_bytes // (BF16 * config.head_dim))
+
+
 def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int, int, str]]:
     """(field, value, dimension, dimension name) pairs where value must divide dimension."""
     return [

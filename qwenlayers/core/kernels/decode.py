@@ -41,10 +41,17 @@ from qwenlayers.core.tiling import TilingPlan
 
 @dataclass(frozen=True)
 class DecodeShape:
-    """Static shape of one decode build: the batch rows it is compiled for and the cache length."""
+    """Static shape of one decode build: the batch rows it is compiled for, the cache length,
+    and the cache-write vector tile's rows (0: every head row in one tile).
+
+    The write tile is a [rows, head_dim] bf16 vector tile over the B*KVH new K/V rows, so unlike
+    the plan's tiles it grows with the batch; the runtime bounds it by the target's TILELET
+    (``core.tiling.cache_write_rows``). Unbounded, tiny at B=1,024 (2,048 rows x 64, 256 KB) failed
+    pypto's UB check (``checkOpBufferSize``: over the A5's 248 KB UB) inside its compile."""
 
     batch: int
     max_seq: int
+    write_rows: int = 0
 
 
 def cache_write_index(seq_lens: Any, kv_heads: int) -> tuple[Any, Any]:
@@ -68,6 +75,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
+    write_tile = min(heads, shape.write_rows or heads)  # not "write_rows": that name is an argument below
 
     @pypto.frontend.function
     def flash_decode(
@@ -88,7 +96,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
         # Written per sequence inside the loop (pypto-lib's and the spike's shape), each write
         # orders all later cache reads behind it and the sequences run one after another:
         # 0.6B, 16 x 16 tokens simulated 1008 us that way, 394 us with the one scatter.
-        pypto.set_vec_tile_shapes(heads, d)
+        pypto.set_vec_tile_shapes(write_tile, d)
         pypto.index_put_(k_cache, (write_heads, write_rows), pypto.reshape(k_new, [heads, d]))
         pypto.index_put_(v_cache, (write_heads, write_rows), pypto.reshape(v_new, [heads, d]))
         for b in pypto.loop(b_rows, name="LOOP_seq", idx_name="b"):

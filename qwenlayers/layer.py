@@ -32,6 +32,7 @@ from qwenlayers.runtime.chunking import (
     DecodeSplit,
     PrefillSplit,
     cache_rows_needed,
+    check_decode_cost_model_fits,
     check_reference_fits,
     phase_prefill_cost_model,
     prefill_chunks,
@@ -294,16 +295,19 @@ def decode(
         return run_job(call.target, job_for(slice(0, len(lens)))[0], values=False, keep=keep,
                        progress=lambda phase: say(f"{what}: {phase}"), cache=cache)
 
-    if not values:
-        return _cost_model_only(call, whole_batch_cost_model_run())
-    if schedule == "reference":  # one worker or none: its capture does not shrink with the batch
+    split: DecodeSplit | None = None
+    if values and schedule == "reference":  # one worker or none: its capture does not shrink with the batch
         split = DecodeSplit("layer", [Chunk(0, len(lens), check_reference_fits(run_cfg, the_plan, "decode", lens))])
-    else:
+    elif values:
         split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
+    single = split is not None and len(split.chunks) == 1 and split.part == "layer"
+    if schedule == "fused" and not single:  # the whole-batch cost-model run will come: refused now if it cannot fit
+        check_decode_cost_model_fits(run_cfg, the_plan, lens)
+    if split is None:
+        return _cost_model_only(call, whole_batch_cost_model_run())
     out = torch.empty_like(hidden)
     written: list[Written] = []
     runs = _Runs(call.target, say, verify_passes, cache)
-    single = len(split.chunks) == 1 and split.part == "layer"
     for n, chunk in enumerate(split.chunks, 1):
         sl = slice(chunk.start, chunk.stop)
         part = lens[sl]

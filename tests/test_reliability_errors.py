@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -15,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from qwenlayers import hookimpl
@@ -22,9 +24,10 @@ from qwenlayers import registry as registry_module
 from qwenlayers.cli import app
 from qwenlayers.core.config import preset
 from qwenlayers.core.platform import Availability
-from qwenlayers.core.tiling import parse_overrides
+from qwenlayers.core.tiling import fit_kv_block, parse_overrides
 from qwenlayers.core.weights import INDEX_FILE, SINGLE_FILE, LayerWeights
 from qwenlayers.errors import CheckpointError, InputError, PluginHookError, TilingError
+from qwenlayers.inputs import random_inputs
 from qwenlayers.registry import ENTRY_POINT_GROUP, PlatformRegistry, get_registry
 from qwenlayers.runtime import chunking
 
@@ -322,3 +325,78 @@ def test_hook_wrapper_is_refused_at_load():
     record = [r for r in reg.records() if r.name == "acme_wrap"][0]
     assert record.status == "broken" and "hook wrapper" in record.error
     assert len(reg.workarounds(reg.get("a5sim"))) > 0
+
+
+# ---------------------------------------------------------------------- cost-model runs are bounded up front
+
+#: Fused decode cost-model runs measured on a5sim with the default plans: (preset, batch, length, peak worker MB).
+MEASURED_DECODE_COST_MODEL = [("tiny", 16, 64, 448), ("tiny", 64, 64, 675), ("tiny", 128, 64, 990),
+                              ("tiny", 256, 64, 1568), ("tiny", 256, 256, 1675), ("qwen3-0.6b", 16, 512, 1116),
+                              ("qwen3-0.6b", 64, 512, 2896), ("qwen3-32b", 16, 4096, 13297)]
+
+
+def _default_decode_plan(cfg, lens):
+    reg = get_registry()
+    platform = reg.select("a5sim")
+    return fit_kv_block(reg.tiling_defaults(platform, cfg, "decode"), lens, cfg, platform)
+
+
+@pytest.mark.parametrize(("model", "batch", "length", "peak_mb"), MEASURED_DECODE_COST_MODEL)
+def test_decode_cost_model_estimate_covers_what_was_measured(model, batch, length, peak_mb):
+    cfg, lens = preset(model).with_max_seq(max(length, 64)), [length] * batch
+    est = chunking.decode_cost_model_estimate(cfg, _default_decode_plan(cfg, lens), lens)
+    assert peak_mb * 2**20 <= est <= 1.5 * peak_mb * 2**20  # covers it, without refusing what would fit
+
+
+def test_a_decode_cost_model_run_too_big_for_one_worker_is_refused_before_any_work(monkeypatch):
+    """tiny at B=10,000 grew one worker past 9 GB in 48 s; now refused up front with the figures,
+    how many of the sequences would fit, and nothing started or changed."""
+    import qwenlayers
+    from qwenlayers import layer
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker started for a cost-model run over the memory limit")
+
+    monkeypatch.setattr(layer, "run_job", no_worker)
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_LIMIT_GB", "20")
+    cfg = preset("tiny")
+    inputs = random_inputs(cfg, "decode", [16] * 10_000, max_seq=16)
+    before = {k: v.clone() for k, v in inputs.items()}
+    weights = LayerWeights.random(cfg, seed=0)
+    with pytest.raises(InputError, match=r"10000 sequences on tiny needs about \d+\.\d GB in one worker; the limit is "
+                                         r"20\.0 GB .*about (\d+) of these sequences fit one call") as err:
+        qwenlayers.decode(cfg, weights, **inputs, platform="a5sim", values=False)
+    fit = int(re.search(r"about (\d+) of these", str(err.value)).group(1))
+    assert 0 < fit < 10_000
+    lens = [16] * fit
+    plan = _default_decode_plan(cfg.with_max_seq(16), lens)
+    assert chunking.decode_cost_model_estimate(cfg.with_max_seq(16), plan, lens) <= 20 * chunking.GIB
+    assert chunking.decode_cost_model_estimate(cfg.with_max_seq(16), plan, [16] * (fit + 1)) > 20 * chunking.GIB
+    assert all(torch.equal(inputs[k], before[k]) for k in inputs)
+
+
+def test_a_huge_decode_batch_on_the_cli_is_exit_2(monkeypatch):
+    monkeypatch.setenv("QWENLAYERS_WORKER_MEM_LIMIT_GB", "1")
+    res = runner.invoke(app, ["run", "-p", "a5sim", "--batch", "512", "--seq-len", "8", "--cost-model-only"])
+    assert res.exit_code == 2, res.output
+    assert "QWENLAYERS_WORKER_MEM_LIMIT_GB" in res.output and "fit one call" in res.output
+
+
+def test_a_prefill_of_many_tokens_is_simulated_in_token_groups(monkeypatch):
+    """Loops A and C and every MLP shard of a phased prefill cost-model run stay under the MAC
+    bound in contiguous groups of token tiles that cover every tile once."""
+    cfg, lens = preset("qwen3-32b"), [4096] * 16
+    split = chunking.phase_prefill_cost_model(cfg, lens, 128, 128, 128)
+    assert split is not None
+    per_token = chunking._macs_per_token(cfg, cfg.intermediate_size // split.mlp_shards)
+    for groups, macs in ((split.qkv, per_token["qkv"]), (split.o_proj, per_token["o_proj"]), (split.mlp_groups, per_token["mlp"])):
+        assert len(groups) > 1 and groups[0].start == 0 and groups[-1].stop == split.tiles
+        assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))
+        assert all((g.stop - g.start) * split.token_tile * macs <= chunking.MAX_COST_MODEL_MACS for g in groups)
+    # many short sequences: a small attention, but the tokens alone ask for phases
+    tiny = preset("tiny")
+    many = [4] * 4096
+    assert chunking.attention_scores(tiny, many, 64) <= chunking.MAX_COST_MODEL_SCORES
+    monkeypatch.setattr(chunking, "MAX_COST_MODEL_MACS", sum(chunking._macs_per_token(tiny).values()) * 1024)
+    assert chunking.phase_prefill_cost_model(tiny, many[:256], 64, 128, 64) is None
+    assert len(chunking.phase_prefill_cost_model(tiny, many, 64, 128, 64).qkv) > 1

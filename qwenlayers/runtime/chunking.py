@@ -82,6 +82,24 @@ def budget_bytes() -> int:
     return int(DEFAULT_BUDGET_GB * GIB) if given is None else given
 
 
+MEM_LIMIT_ENV = "QWENLAYERS_WORKER_MEM_LIMIT_GB"
+DEFAULT_MEM_LIMIT_FRACTION = 0.85
+
+
+def _machine_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_limit_bytes() -> int:
+    """The resident size at which a worker is stopped: ``QWENLAYERS_WORKER_MEM_LIMIT_GB``, or
+    85 % of the machine. Not the checked-run budget (QWENLAYERS_WORKER_MEM_GB, which sizes the
+    split): a hard stop, so a run the estimates did not foresee (an estimate that is off) fails
+    with its figures instead of waking the OOM killer. A cost-model run, which is one worker
+    whatever its size, is held to it up front (:func:`check_cost_model_fits`)."""
+    given = env_bytes(MEM_LIMIT_ENV, "a memory limit", "20", f"{DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine")
+    return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes()) if given is None else given
+
+
 def attention_weight_bytes(config: Qwen3Config) -> int:
     h = config.hidden_size
     return 2 * (2 * h * config.q_width + 2 * h * config.kv_width + 2 * h + 2 * config.head_dim)
@@ -384,6 +402,60 @@ def split_prefill(config: Qwen3Config, lens: list[int], seq_tile: int, token_til
     )
 
 
+# A fused decode cost-model run is one static program of the whole batch (the attention loop is
+# the only loop), so its compile holds every projection tile op of every CUBE_M rows and every
+# row's vector ops. Fitted on a5sim cost-model runs with the default plans: tiny at B = 16 / 64 /
+# 128 / 256 peaked at 448 / 675 / 990 / 1,568 MB, qwen3-0.6b at B = 16 / 64 at 1,116 / 2,896 MB
+# (0.18 MB per cube tile op per CUBE_M rows, 15.4 KB per hidden element per row), and the model
+# with ~13 % margin gives 1.03-1.15x those and 14.0 GB for qwen3-32b at B=16 (11.6-13.3 GB measured).
+# Unbounded, tiny at B=10,000 grew past 9 GB in 48 s.
+CM_TILE_OP_BYTES = int(0.2 * 2**20)
+CM_ROW_HIDDEN_BYTES = 17_500
+CM_BASE_BYTES = int(0.45 * GIB)
+
+
+def projection_tile_ops(config: Qwen3Config, plan: TilingPlan) -> int:
+    """Cube tile ops of the fused layer's projections for one CUBE_M block of rows: (K tiles) x
+    (N tiles) of q, k|v, o, gate|up and down, as ``core.kernels.layer_blocks.LayerTiles`` tiles them."""
+    h, kc = config.hidden_size, plan.k_chunk
+
+    def tiles(n: int, step: int) -> int:
+        return -(-n // step)
+
+    into_h = tiles(config.q_width, plan.q_out_chunk) + tiles(2 * config.kv_width, plan.kv_out_chunk) \
+        + tiles(2 * config.intermediate_size, plan.mlp_out_chunk)
+    out_of = tiles(config.q_width, plan.q_out_chunk) + tiles(config.intermediate_size, plan.mlp_out_chunk)
+    return tiles(h, kc) * (into_h + out_of)
+
+
+def decode_cost_model_estimate(config: Qwen3Config, plan: TilingPlan, lens: list[int]) -> int:
+    """Estimated peak bytes of the one worker of a fused decode cost-model run over ``lens``."""
+    m_tiles = -(-len(lens) // plan.cube_m)
+    cache = 2 * len(lens) * config.num_key_value_heads * cache_rows_needed(lens, plan.attention_block) * config.head_dim * 2
+    return int(CM_BASE_BYTES + m_tiles * projection_tile_ops(config, plan) * CM_TILE_OP_BYTES
+               + len(lens) * config.hidden_size * CM_ROW_HIDDEN_BYTES + cache)
+
+
+def check_decode_cost_model_fits(config: Qwen3Config, plan: TilingPlan, lens: list[int], *, limit: int | None = None) -> int:
+    """Refuse, before any work and with the figures, a decode cost-model run whose estimate is over
+    the worker memory limit (:func:`memory_limit_bytes`); it is one program, so it cannot be split
+    without changing what it measures. Returns the estimate."""
+    cap = memory_limit_bytes() if limit is None else limit
+    need = decode_cost_model_estimate(config, plan, lens)
+    if need <= cap:
+        return need
+    lo, hi = 0, len(lens)  # the most leading sequences that fit (the estimate grows with them)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if decode_cost_model_estimate(config, plan, lens[:mid]) <= cap else (lo, mid - 1)
+    fit = lo
+    raise InputError(
+        f"a decode cost-model run of {len(lens)} sequences on {config.name} needs about {need / GIB:.1f} GB in one "
+        f"worker; the limit is {cap / GIB:.1f} GB ({MEM_LIMIT_ENV}, default {DEFAULT_MEM_LIMIT_FRACTION:.0%} of this "
+        f"machine). The batch is one static program whose compile grows with it: about {fit} of these sequences fit "
+        f"one call here. Use fewer sequences per call, or raise {MEM_LIMIT_ENV} if the machine has the memory")
+
+
 def prefill_fits_one_worker(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int, *,
                             kv_block: int = 0, budget: int | None = None) -> bool:
     """Whether every sequence alone fits one worker's fused prefill (else the run is split by loops)."""
@@ -412,21 +484,44 @@ def attention_scores(config: Qwen3Config, lens: list[int], seq_tile: int, items:
     return sum((q + 1) * per_block for _, q in items)
 
 
+#: Multiply-accumulates one cost-model run of a phased prefill's projection loop (A, C, or an MLP
+#: shard) may simulate; more tokens go in groups of token tiles whose times are added like the
+#: phases'. qwen3-32b at 4096 tokens: each of its two MLP shards (8.1e11 MACs, 32 token tiles x
+#: 12,000 cube tile ops) ran in a run that peaked at 9.6 GB; loop A (2.1e11) and loop C (1.7e11)
+#: of it are below. Unbounded, the token count (batch x length) had no limit here.
+MAX_COST_MODEL_MACS = 1 << 40
+
+
+def _macs_per_token(config: Qwen3Config, inter: int | None = None) -> dict[str, int]:
+    """Per-token multiply-accumulates of loop A (q, k|v), loop C (o_proj) and an MLP of ``inter`` columns."""
+    h, i = config.hidden_size, config.intermediate_size if inter is None else inter
+    return {"qkv": h * (config.q_width + 2 * config.kv_width), "o_proj": config.q_width * h, "mlp": 3 * h * i}
+
+
+def _token_groups(tiles: int, tt: int, macs_per_token: int) -> list[Group]:
+    per_group = max(1, MAX_COST_MODEL_MACS // (tt * macs_per_token))
+    return [Group(a, min(a + per_group, tiles), 0) for a in range(0, tiles, per_group)]
+
+
 def phase_prefill_cost_model(config: Qwen3Config, lens: list[int], seq_tile: int, token_tile: int,
                              mlp_step: int) -> PrefillSplit | None:
-    """None when one cost-model run of the whole prefill fits (:data:`MAX_COST_MODEL_SCORES`);
-    else the phases to simulate one after another and add up: loop A, loop B in groups of query
-    tiles under the bound, loop C to the residual, and the MLP, each over every token (the MLP
-    in intermediate shards under :data:`MAX_COST_MODEL_MLP`)."""
-    if attention_scores(config, lens, seq_tile) <= MAX_COST_MODEL_SCORES:
-        return None
+    """None when one cost-model run of the whole prefill fits (:data:`MAX_COST_MODEL_SCORES` and
+    :data:`MAX_COST_MODEL_MACS` over the whole layer); else the phases to simulate one after
+    another and add up: loop A, loop B in groups of query tiles under the score bound, loop C to
+    the residual, and the MLP in intermediate shards under :data:`MAX_COST_MODEL_MLP`; loops A, C
+    and each MLP shard in groups of token tiles under the MAC bound."""
     tokens = sum(lens)
+    if (attention_scores(config, lens, seq_tile) <= MAX_COST_MODEL_SCORES
+            and tokens * sum(_macs_per_token(config).values()) <= MAX_COST_MODEL_MACS):
+        return None
     tt = min(token_tile, tokens)
     tiles = -(-tokens // tt)
     items = [(n, q) for n in lens for q in range(-(-n // seq_tile))]
     attend = _groups(len(items), lambda a, b: attention_scores(config, lens, seq_tile, items[a:b]),
                      MAX_COST_MODEL_SCORES, "query tile of the attention in one cost-model run")
-    whole = [Group(0, tiles, 0)]
     shards = _halve_mlp(config.intermediate_size, mlp_step,
                         lambda n: tiles * tt * config.intermediate_size // n > MAX_COST_MODEL_MLP)
-    return PrefillSplit(tt, tiles, qkv=whole, attend=attend, o_proj=whole, mlp_shards=shards, mlp_groups=whole)
+    macs = _macs_per_token(config, config.intermediate_size // shards)
+    return PrefillSplit(tt, tiles, qkv=_token_groups(tiles, tt, macs["qkv"]), attend=attend,
+                        o_proj=_token_groups(tiles, tt, macs["o_proj"]), mlp_shards=shards,
+                        mlp_groups=_token_groups(tiles, tt, macs["mlp"]))

@@ -26,7 +26,7 @@ import torch
 
 from qwenlayers.errors import KernelError
 from qwenlayers.runtime import result_cache
-from qwenlayers.runtime.chunking import GIB, env_bytes
+from qwenlayers.runtime.chunking import DEFAULT_MEM_LIMIT_FRACTION, GIB, MEM_LIMIT_ENV, memory_limit_bytes
 from qwenlayers.runtime.exchange import message_exists, read_message, write_message
 from qwenlayers.runtime.job_types import Job
 from qwenlayers.runtime.paths import cache_dir
@@ -93,8 +93,6 @@ def exit_on_termination() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-MEM_LIMIT_ENV = "QWENLAYERS_WORKER_MEM_LIMIT_GB"
-DEFAULT_MEM_LIMIT_FRACTION = 0.85
 POLL_S = 0.5
 
 
@@ -102,19 +100,6 @@ class WorkerOverMemory(Exception):
     def __init__(self, rss: int, limit: int) -> None:
         super().__init__(rss, limit)
         self.rss, self.limit = rss, limit
-
-
-def _machine_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def memory_limit_bytes() -> int:
-    """The resident size at which a worker is stopped: ``QWENLAYERS_WORKER_MEM_LIMIT_GB``, or
-    85 % of the machine. Not the checked-run budget (QWENLAYERS_WORKER_MEM_GB, which sizes the
-    split): a hard stop, so a run the estimates did not foresee (a cost-model run of a huge
-    batch; an estimate that is off) fails with its figures instead of waking the OOM killer."""
-    given = env_bytes(MEM_LIMIT_ENV, "a memory limit", "20", f"{DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine")
-    return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes()) if given is None else given
 
 
 def group_rss_bytes(pgid: int) -> int:

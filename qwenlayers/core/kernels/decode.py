@@ -36,6 +36,7 @@ from qwenlayers.core.kernels.layer_blocks import (
     o_proj_out,
     project_qkv,
 )
+from qwenlayers.core.kernels.online_softmax import online_softmax_fn
 from qwenlayers.core.tiling import TilingPlan
 
 
@@ -75,6 +76,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
+    softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
     write_tile = min(heads, shape.write_rows or heads)  # not "write_rows": that name is an argument below
 
     @pypto.frontend.function
@@ -119,25 +121,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
                 s = pypto.view(s, [kvh, g, kb], [0, 0, 0], valid_shape=[kvh, g, valid])
                 pypto.set_vec_tile_shapes(1, qhb, t.score_cols)
                 s = s * scale
-                m_blk = pypto.amax(s, -1, keepdim=True)
-                if pypto.is_loop_begin(blk):  # first block assigns the running state
-                    p = pypto.exp(s - m_blk)
-                    l_i[:] = pypto.sum(p, -1, keepdim=True)
-                    m_i[:] = m_blk
-                    pypto.set_cube_tile_shapes([g, g], [st, pv_l1], [d, d])
-                    o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                    pypto.set_vec_tile_shapes(1, qhb, d)
-                    acc[:] = o
-                else:  # later blocks rescale and accumulate
-                    m_new = pypto.maximum(m_i, m_blk)
-                    p = pypto.exp(s - m_new)
-                    alpha = pypto.exp(m_i - m_new)
-                    l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
-                    m_i[:] = m_new
-                    pypto.set_cube_tile_shapes([g, g], [st, pv_l1], [d, d])
-                    o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                    pypto.set_vec_tile_shapes(1, qhb, d)
-                    acc[:] = acc * alpha + o
+                softmax_step(s, kv_v, acc, m_i, l_i, blk)
                 if pypto.is_loop_end(blk):
                     pypto.assemble(pypto.cast(acc / l_i, bf16), [b * kvh, 0, 0], attn)
 

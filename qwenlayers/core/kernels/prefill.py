@@ -32,6 +32,7 @@ from typing import Any
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels import blocks
 from qwenlayers.core.kernels.layer_blocks import LayerTiles, decode_weight_layout, mlp_half, o_proj_out, project_qkv
+from qwenlayers.core.kernels.online_softmax import online_softmax_fn
 from qwenlayers.core.parts import PREFILL_PARTS, Part
 from qwenlayers.core.tiling import TilingPlan
 
@@ -103,6 +104,7 @@ def build_prefill(
     # (token, head) pairs here, not one KV group's heads. qwen3-0.6b, 128 tokens: [2, 64] and
     # [2, 128] tiles simulated 1,610 us; [8, 64] and [4, 128], 1,344 us (512 tokens: 10,630 -> 6,926).
     srows = math.gcd(qhb * plan.score_cols // st, qrows)
+    softmax_step = online_softmax_fn((qrows,), kb, d, ([cube_m, cube_m], [st, st], [d, d]), (qhb, d))
     if part not in PREFILL_PARTS:
         raise ValueError(f"build_prefill part={part!r}; allowed: {', '.join(PREFILL_PARTS)}")
     whole = ("layer", "partial_o_proj")
@@ -180,25 +182,7 @@ def build_prefill(
                         # (blk + 1) // n_blk is 1 on the last block only: its causal mask, zeros before it
                         mk = pypto.view(mask, [qrows, kb], [((blk + 1) // n_blk) * diag * qrows, 0], valid_shape=[qrows, kvalid])
                         s = s * scale + mk
-                        m_blk = pypto.amax(s, -1, keepdim=True)
-                        if pypto.is_loop_begin(blk):
-                            p = pypto.exp(s - m_blk)
-                            l_i[:] = pypto.sum(p, -1, keepdim=True)
-                            m_i[:] = m_blk
-                            pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                            o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                            pypto.set_vec_tile_shapes(qhb, d)
-                            acc[:] = o
-                        else:
-                            m_new = pypto.maximum(m_i, m_blk)
-                            p = pypto.exp(s - m_new)
-                            alpha = pypto.exp(m_i - m_new)
-                            l_i[:] = l_i * alpha + pypto.sum(p, -1, keepdim=True)
-                            m_i[:] = m_new
-                            pypto.set_cube_tile_shapes([cube_m, cube_m], [st, st], [d, d])
-                            o = pypto.matmul(pypto.cast(p, bf16), kv_v, fp32)
-                            pypto.set_vec_tile_shapes(qhb, d)
-                            acc[:] = acc * alpha + o
+                        softmax_step(s, kv_v, acc, m_i, l_i, blk)
                         if pypto.is_loop_end(blk):
                             res = pypto.reshape(acc / l_i, [st, g * d])
                             pypto.set_vec_tile_shapes(t.rows, d)

@@ -22,7 +22,7 @@ from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
 from qwenlayers.core.platform import Platform
-from qwenlayers.core.tiling import TilingPlan, cache_write_rows
+from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.reports import LayerReport, build_report, check_against_golden, chunk_summary
@@ -288,7 +288,7 @@ def decode(
         kc, vc = trimmed(k_cache[sl], rows), trimmed(v_cache[sl], rows)
         return DecodeJob(run_cfg, the_plan, hidden[sl].contiguous(), packed, cos[sl].contiguous(), sin[sl].contiguous(),
                          kc, vc, torch.tensor(lens[sl], dtype=torch.int32), part=part, schedule=schedule,
-                         cache_write_rows=cache_write_rows(run_cfg, call.target.platform)), kc, vc
+                         tilelet_bytes=call.target.platform.budgets.tilelet_bytes), kc, vc
 
     def whole_batch_cost_model_run() -> WorkerResult:
         what = f"whole-batch cost-model run ({len(lens)} sequences, no values)"

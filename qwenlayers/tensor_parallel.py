@@ -38,7 +38,7 @@ from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, shard_config, shard_plan
-from qwenlayers.core.tiling import TilingPlan, cache_write_rows
+from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError
 from qwenlayers.inputs import random_inputs
@@ -158,7 +158,7 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     common = (cfg, job.plan, hidden, packed, inputs["cos"], inputs["sin"], inputs["k_cache"], inputs["v_cache"])
     if job.phase == "decode":
         attn = run_job(job.target, DecodeJob(*common, torch.tensor(job.lens, dtype=torch.int32), part="partial_o_proj",
-                                                 cache_write_rows=cache_write_rows(cfg, job.target.platform)),
+                                                 tilelet_bytes=job.target.platform.budgets.tilelet_bytes),
                        values=job.values)
     else:
         attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj"), values=job.values)

@@ -12,7 +12,7 @@ from qwenlayers import golden
 from qwenlayers.core.compare import compare
 from qwenlayers.core.config import preset
 from qwenlayers.core.platform import PYPTO_LIB_BUDGETS, Budgets, Buffers
-from qwenlayers.core.tiling import cache_write_rows
+from qwenlayers.core.tiling import batch_tile_rows
 from qwenlayers.errors import TilingError
 from qwenlayers.plugin_kit import derived_budgets
 from qwenlayers.registry import get_registry
@@ -68,7 +68,8 @@ def test_decode_and_prefill_run_under_pypto_lib_budgets(runnable_platform):
     gen = torch.Generator().manual_seed(3)
     # 10 sequences: 20 new K/V rows, more than one 2 KB cache-write tile holds (16 rows of 64 bf16)
     lens = [5, 70, 1, 3, 9, 17, 33, 2, 100, 64]
-    assert cache_write_rows(cfg, runnable_platform.with_budgets("pypto-lib")) < len(lens) * cfg.num_key_value_heads
+    rows = len(lens) * cfg.num_key_value_heads
+    assert batch_tile_rows(2 * cfg.head_dim, PYPTO_LIB_BUDGETS.tilelet_bytes, rows) < rows
     shape = (len(lens), cfg.num_key_value_heads, cfg.max_seq, cfg.head_dim)
     hidden = torch.randn(len(lens), cfg.hidden_size, generator=gen).bfloat16()
     k, v = torch.randn(shape, generator=gen).bfloat16(), torch.randn(shape, generator=gen).bfloat16()

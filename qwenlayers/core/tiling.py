@@ -296,11 +296,13 @@ def tile_checks(plan: TilingPlan, config: Qwen3Config, platform: Platform) -> li
     return [TileCheck(t, *budget[t.kind]) for t in plan_tiles(plan, config)]
 
 
-def cache_write_rows(config: Qwen3Config, platform: Platform) -> int:
-    """Rows of decode's cache-write vector tile: as many new [1, head_dim] bf16 K/V rows as fit
-    one TILELET (at least one). Not a plan field: the write covers B*KVH rows, so its tile is
-    set by the batch and bounded here rather than chosen (``DecodeShape.write_rows``)."""
-    return max(1, platform.budgets.tilelet_bytes // (BF16 * config.head_dim))
+def batch_tile_rows(row_bytes: int, tilelet_bytes: int, rows: int) -> int:
+    """Rows of a vector tile over data the batch sizes (decode's B*KVH new K/V rows, the
+    reference's [B, q_width] attention rows): as many rows of ``row_bytes`` as one TILELET
+    holds, at least one and at most ``rows``. Not plan fields: their tiles are set by the batch,
+    so they are bounded here rather than chosen (``DecodeShape.tilelet_bytes``); ``tilelet_bytes``
+    0 leaves them whole."""
+    return rows if tilelet_bytes <= 0 else max(1, min(rows, tilelet_bytes // row_bytes))
 
 
 def _divisibility(plan: TilingPlan, config: Qwen3Config) -> list[tuple[str, int, int, str]]:

@@ -77,7 +77,7 @@ class DecodeJob(_LayerJob):
     seq_lens: torch.Tensor
     part: Part = "layer"
     schedule: Schedule = "fused"
-    cache_write_rows: int = 0  # rows of the cache-write tile (core.tiling.cache_write_rows); 0: all B*KVH
+    tilelet_bytes: int = 0  # the budget set's TILELET: bounds the tiles the batch sizes (DecodeShape); 0: none
 
     def __post_init__(self) -> None:
         _check_part(self.kind, self.part, DECODE_PARTS, self.schedule)

@@ -86,7 +86,7 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
     tail = [j.cos, j.sin, kc, vc, j.seq_lens, *cache_write_index(j.seq_lens, kvh), attn, out]
-    shape = DecodeShape(batch, max_seq, j.cache_write_rows)
+    shape = DecodeShape(batch, max_seq, j.tilelet_bytes)
     if j.schedule == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
 

@@ -37,22 +37,22 @@ from qwenlayers.core.kernels.layer_blocks import (
     project_qkv,
 )
 from qwenlayers.core.kernels.online_softmax import online_softmax_fn
-from qwenlayers.core.tiling import TilingPlan
+from qwenlayers.core.tiling import TilingPlan, batch_tile_rows
 
 
 @dataclass(frozen=True)
 class DecodeShape:
     """Static shape of one decode build: the batch rows it is compiled for, the cache length,
-    and the cache-write vector tile's rows (0: every head row in one tile).
+    and the TILELET of the budget set in use (0: no bound), which bounds the tiles the batch
+    sizes (``core.tiling.batch_tile_rows``).
 
-    The write tile is a [rows, head_dim] bf16 vector tile over the B*KVH new K/V rows, so unlike
-    the plan's tiles it grows with the batch; the runtime bounds it by the target's TILELET
-    (``core.tiling.cache_write_rows``). Unbounded, tiny at B=1,024 (2,048 rows x 64, 256 KB) failed
-    pypto's UB check (``checkOpBufferSize``: over the A5's 248 KB UB) inside its compile."""
+    The cache write is a [rows, head_dim] bf16 vector tile over the B*KVH new K/V rows, so unlike
+    the plan's tiles it grows with the batch. Unbounded, tiny at B=1,024 (2,048 rows x 64, 256 KB)
+    failed pypto's UB check (``checkOpBufferSize``: over a 248 KB UB) inside its compile."""
 
     batch: int
     max_seq: int
-    write_rows: int = 0
+    tilelet_bytes: int = 0
 
 
 def cache_write_index(seq_lens: Any, kv_heads: int) -> tuple[Any, Any]:
@@ -77,7 +77,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
     softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
-    write_tile = min(heads, shape.write_rows or heads)  # not "write_rows": that name is an argument below
+    write_tile = batch_tile_rows(2 * d, shape.tilelet_bytes, heads)  # not "write_rows": that name is an argument below
 
     @pypto.frontend.function
     def flash_decode(

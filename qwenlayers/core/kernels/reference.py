@@ -35,7 +35,7 @@ from qwenlayers.core.kernels import blocks
 from qwenlayers.core.kernels.decode import DecodeShape
 from qwenlayers.core.kernels.layer_blocks import LayerTiles, decode_weight_layout, qk_norm_rope
 from qwenlayers.core.kernels.prefill import PrefillShape
-from qwenlayers.core.tiling import TilingPlan
+from qwenlayers.core.tiling import TilingPlan, batch_tile_rows
 
 _NEG_INF = -1e30
 
@@ -334,6 +334,12 @@ def build_decode_reference(config: Qwen3Config, shape: DecodeShape, plan: Tiling
     qw = cfg.q_width
     lay = decode_weight_layout(cfg)
     t = LayerTiles(plan, cfg, b_rows)
+    # the reshape of attn [B, QW] into back's input: [16, QW] rows at most, within one TILELET
+    # ([16, 8192] bf16 at 32B is 256 KB: over a 248 KB UB, pypto's compile refused it)
+    attn_cols = qw
+    while 2 * attn_cols > shape.tilelet_bytes > 0 and attn_cols % 2 == 0:
+        attn_cols //= 2
+    attn_rows = batch_tile_rows(2 * attn_cols, shape.tilelet_bytes, min(b_rows, 16))
     ws = reference_workspaces(cfg, shape, plan.seq_tile)
     dt = {"bf16": bf16, "fp32": fp32}
     front, back = _ends_fns(cfg, plan, t, b_rows, t.q_proj.m)
@@ -381,7 +387,7 @@ def build_decode_reference(config: Qwen3Config, shape: DecodeShape, plan: Tiling
         v_new = pypto.cast(pypto.cast(pypto.reshape(v_ws, [b_rows * kvh, 1, d]), fp32), bf16)
         attention(pypto.reshape(q_rot, [b_rows * kvh, g, d]), pypto.reshape(k_rot, [b_rows * kvh, 1, d]), v_new,
                   k_cache, v_cache, seq_lens, scores, probs, pv, run_acc, run_max, run_sum, alpha, attn)
-        pypto.set_vec_tile_shapes(min(b_rows, 16), qw)
+        pypto.set_vec_tile_shapes(attn_rows, attn_cols)
         back(x, pypto.reshape(attn, [b_rows, qw]), w_o, w_ln2, w_gu, w_down, o_ws, resid_ws, hn_ws, gate_ws, up_ws, act_ws, out)
 
     return qwen3_decode_reference

@@ -570,6 +570,19 @@ def tune(
     for name in result.best.values():
         table.add_row(name.upper(), str(getattr(result.best, name)), result.best.origin_of(name))
     out.print(table)
+    tried = Table(title="plans tried (the fields that differ from the plugin's plan)")
+    tried.add_column("#", justify="right")
+    tried.add_column("plan")
+    tried.add_column("simulated", justify="right")
+    tried.add_column("tasks AIC / AIV / HUB")
+    base = result.tried[0]["values"] if result.tried else {}
+    for n, t in enumerate(result.tried, 1):
+        diff = ", ".join(f"{k.upper()}={v}" for k, v in t["values"].items() if v != base.get(k)) or "the plugin's plan"
+        tasks = t.get("tasks") or {}
+        tried.add_row(str(n), diff, f"{t['sim_us']:.1f} µs" + (" (cache)" if t.get("from_cache") else "")
+                      if t["sim_us"] is not None else f"failed: {t['failed']}",
+                      " / ".join(str(tasks.get(k, "-")) for k in ("AIC", "AIV", "HUB")) if tasks else "-")
+    out.print(tried)
     out.print(f"cached in {result.stored}; `qwenlayers plan --batch {batch} --seq-len {seq_len}` shows it")
 
 

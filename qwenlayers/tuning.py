@@ -20,7 +20,7 @@ from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase
 from qwenlayers.core.tiling import TILE_FIELDS, TilingPlan, check_plan
 from qwenlayers.core.weights import LayerWeights
-from qwenlayers.errors import TilingError
+from qwenlayers.errors import InputError, KernelError, TilingError
 from qwenlayers.inputs import random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.plans import store_tuned
@@ -69,19 +69,32 @@ def tune(
     measured: dict[str, float] = {}
     tried: list[dict[str, Any]] = []
 
-    def cost(plan: TilingPlan) -> float:
+    def cost(plan: TilingPlan, *, must_run: bool = False) -> float:
+        """The plan's simulated µs. A candidate whose program pypto refuses or that outgrows the
+        machine (KernelError) or the up-front estimates (InputError) is recorded with its reason
+        and costs infinity, so one bad corner of the search does not lose the others; the
+        default plan (``must_run``) still fails the tune."""
         key = plan.cache_key()
         if key not in measured:
             run = decode if phase == "decode" else prefill
-            result = run(run_cfg, weights, **args, platform=resolved, plan=plan, values=False, registry=reg,
-                         cache=cache)
-            measured[key] = float(result.report.sim_us or float("inf"))
-            tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks})
+            try:
+                result = run(run_cfg, weights, **args, platform=resolved, plan=plan, values=False, registry=reg,
+                             cache=cache)
+            except (KernelError, InputError) as err:
+                if must_run:
+                    raise
+                measured[key] = float("inf")
+                tried.append({"values": plan.values(), "sim_us": None, "tasks": None,
+                              "failed": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"})
+            else:
+                measured[key] = float(result.report.sim_us or float("inf"))
+                tried.append({"values": plan.values(), "sim_us": measured[key], "tasks": result.report.tasks,
+                              "from_cache": result.report.from_cache})
             say(f"{len(tried)} plans tried, best {min(measured.values()):.1f} µs", len(tried))
         return measured[key]
 
     default = reg.tiling_defaults(target, run_cfg, phase)
-    best, best_us = default, cost(default)
+    best, best_us = default, cost(default, must_run=True)
     default_us = best_us
     deadline = time.monotonic() + time_limit_s
     improved = True

@@ -1,6 +1,7 @@
 """`qwenlayers tune`: a search that keeps the fastest plan and makes it the class's default."""
 
 import json
+import types
 
 import pytest
 from typer.testing import CliRunner
@@ -38,3 +39,32 @@ def test_tune_caches_a_faster_plan_that_becomes_the_default_for_its_class(runnab
         assert user.seq_tile == 32 and user.origin_of("seq_tile") == "user"  # the user still wins
     else:
         assert same_class == default
+
+
+def test_a_candidate_that_fails_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    """At full size some corners of the search do not compile or do not fit (KernelError,
+    InputError): they are recorded with their reason; only the plugin's own plan must run."""
+    from qwenlayers import tuning
+    from qwenlayers.errors import KernelError
+
+    monkeypatch.setenv("QWENLAYERS_TUNED_DIR", str(tmp_path))
+    default = qwenlayers.plan("tiny", "decode", platform="a5sim")
+
+    def fake_decode(cfg, weights, *args, plan, **kwargs):
+        if plan.seq_tile != default.seq_tile:
+            raise KernelError("pypto worker for decode on platform a5sim exited with code 1.\nTraceback ...")
+        return types.SimpleNamespace(report=types.SimpleNamespace(sim_us=100.0, tasks={"AIC": 1}, from_cache=False))
+
+    monkeypatch.setattr(tuning, "decode", fake_decode)
+    result = tuning.tune("decode", "tiny", "a5sim", batch=2, seq_len=256, fields=["seq_tile"], time_limit_s=60)
+    failed = [t for t in result.tried if t["sim_us"] is None]
+    assert failed and all(t["failed"] == "KernelError: pypto worker for decode on platform a5sim exited with code 1."
+                          for t in failed)
+    assert result.best_us == result.default_us == 100.0 and result.best.values() == default.values()
+
+    def default_fails(*args, **kwargs):
+        raise KernelError("the plugin's plan does not compile")
+
+    monkeypatch.setattr(tuning, "decode", default_fails)
+    with pytest.raises(KernelError, match="the plugin's plan does not compile"):
+        tuning.tune("decode", "tiny", "a5sim", batch=2, seq_len=256, fields=["seq_tile"], time_limit_s=60)

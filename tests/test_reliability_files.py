@@ -210,12 +210,19 @@ def _worker_of(cli_pid: int) -> int | None:
     return next((pid for pid in _children(cli_pid) if b"qwenlayers.runtime.worker_main" in _cmdline(pid)), None)
 
 
+def _default_sigint() -> None:
+    """A suite started in the background by a shell without job control inherits SIGINT
+    ignored, and Python then keeps it ignored: give the CLI Ctrl-C as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGHUP, 128 + signal.SIGHUP),
                                        (signal.SIGINT, None)])
 def test_a_signal_to_the_cli_stops_its_worker_and_removes_the_run_folder(runnable_platform, sig, code):
     cli = subprocess.Popen([sys.executable, "-m", "qwenlayers.cli", "run", "--phase", "prefill", "--model", "tiny",
-                            "--seq-len", "64", "-p", runnable_platform.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            "--seq-len", "64", "-p", runnable_platform.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while (worker := _worker_of(cli.pid)) is None and time.monotonic() < deadline and cli.poll() is None:
         time.sleep(0.2)

@@ -25,7 +25,7 @@ from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.core.work import layer_work
 from qwenlayers.errors import InputError, QwenlayersError
-from qwenlayers.inputs import random_inputs
+from qwenlayers.inputs import cost_model_inputs, random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.calibration import calibrate
@@ -89,7 +89,8 @@ def run_bench(
         raise InputError(f"bench --phase {phase!r}; allowed: decode, prefill")
     reg = registry or get_registry()
     cfg = as_config(model)
-    weights = LayerWeights.random(cfg, seed=seed)
+    # a cost-model point does not read values: zeros cost nothing to make (32B's random weights took 6 s)
+    weights = LayerWeights.random(cfg, seed=seed) if check else LayerWeights.zeros(cfg)
     out_dir = results or default_results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -104,7 +105,9 @@ def run_bench(
             for seq_len in seq_lens:
                 say(f"[{len(points) + 1}/{total}] {cfg.name} {phase} on {target.name} ({target.budgets.name} budgets): "
                     f"batch {batch}, seq_len {seq_len}")
-                args = random_inputs(cfg, phase, [seq_len] * batch, seed=seed, max_seq=max(cfg.max_seq, seq_len))
+                lens, max_seq = [seq_len] * batch, max(cfg.max_seq, seq_len)
+                args = (random_inputs(cfg, phase, lens, seed=seed, max_seq=max_seq) if check
+                        else cost_model_inputs(cfg, phase, lens, max_seq=max_seq))
                 run = decode if phase == "decode" else prefill
                 result = run(cfg, weights, **args, platform=one, check=check, values=check, keep=True, registry=reg,
                              cache=cache)

@@ -21,7 +21,7 @@ from qwenlayers.core.platform import Phase
 from qwenlayers.core.tiling import TILE_FIELDS, TilingPlan, check_plan
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import InputError, KernelError, TilingError
-from qwenlayers.inputs import random_inputs
+from qwenlayers.inputs import cost_model_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.plans import store_tuned
 from qwenlayers.registry import PlatformRegistry, get_registry
@@ -63,8 +63,8 @@ def tune(
     cfg = as_config(model)
     lens = [seq_len] * batch
     run_cfg = cfg if phase == "prefill" else cfg.with_max_seq(max(cfg.max_seq, seq_len))
-    weights = LayerWeights.random(cfg, seed=0)
-    args = random_inputs(cfg, phase, lens, seed=0, max_seq=run_cfg.max_seq)
+    weights = LayerWeights.zeros(cfg)  # every candidate is a cost-model run: values are not read
+    args = cost_model_inputs(cfg, phase, lens, max_seq=run_cfg.max_seq)
     say = progress or (lambda _m, _n: None)
     measured: dict[str, float] = {}
     tried: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import qwenlayers
 from qwenlayers.cli import app
 from qwenlayers.core.config import preset
-from qwenlayers.inputs import random_inputs
+from qwenlayers.inputs import cost_model_inputs, random_inputs
 from qwenlayers.runtime import result_cache
 from qwenlayers.runtime.job_types import RmsNormJob
 from qwenlayers.target import resolve_target
@@ -32,6 +32,20 @@ def test_the_key_is_the_program_and_the_target_not_the_numbers():
     assert result_cache.job_key(resolve_target("a2a3sim"), _job(), False) != key  # so is the target
     other_budgets = resolve_target("a5sim", budgets="pypto-lib")
     assert result_cache.job_key(other_budgets, _job(), False) != key
+
+
+@pytest.mark.sim
+def test_a_cost_model_run_does_not_read_values(runnable_platform):
+    """Why the cache is keyed by shapes, and why bench and tune cost-model points run on zero
+    weights and inputs: random and zero tensors of the same shapes simulate the same program,
+    to the cycle (decode reads seq_lens, which stay real)."""
+    cfg, lens = preset("tiny"), [3, 70]
+    runs = []
+    for weights, inputs in ((qwenlayers.LayerWeights.random(cfg, seed=5), random_inputs(cfg, "decode", lens, seed=5)),
+                            (qwenlayers.LayerWeights.zeros(cfg), cost_model_inputs(cfg, "decode", lens))):
+        assert all(inputs[k].shape == v.shape and inputs[k].dtype == v.dtype for k, v in random_inputs(cfg, "decode", lens).items())
+        runs.append(qwenlayers.decode(cfg, weights, **inputs, platform=runnable_platform.name, values=False, cache=False).report)
+    assert runs[0].tasks == runs[1].tasks and runs[0].total_cycles == runs[1].total_cycles and runs[0].sim_us == runs[1].sim_us
 
 
 @pytest.mark.sim

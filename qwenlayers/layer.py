@@ -66,6 +66,7 @@ class _Runs:
         self.reports: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
         self.kept_dir: Path | None = None
+        self.kept_dirs: list[Path] = []  # every worker folder kept, in run order
 
     def run(self, what: str, job: Any, estimate: int, lens: list[int], *, values: bool = True, keep: bool = False) -> WorkerResult:
         result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep,
@@ -73,6 +74,8 @@ class _Runs:
         self.reports.append(result.report)
         self.summaries.append(chunk_summary(what, estimate, lens, result.report, result.wall_s))
         self.kept_dir = result.kept_dir or self.kept_dir
+        if result.kept_dir:
+            self.kept_dirs.append(result.kept_dir)
         return result
 
     @property
@@ -197,9 +200,8 @@ def _phased_timing(target: Target, job: PrefillJob, phases: PrefillSplit, say: P
         if parts:
             timing["trace"] = str(join_traces(parts, run_dir / "phased.pefetto.trace.json"))
         timing["run_dir"] = str(run_dir)
-        for r in reports:
-            if r.get("run_dir"):
-                shutil.rmtree(r["run_dir"], ignore_errors=True)
+        for folder in runs.kept_dirs:  # each phase's whole worker folder (the report's run_dir is only its pypto output)
+            shutil.rmtree(folder, ignore_errors=True)
     timing["timing_from"] = f"phased cost-model runs ({len(reports)} programs, their times added)"
     timing["from_cache"] = all(r.get("from_cache") for r in reports)
     return timing

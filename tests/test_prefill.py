@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import qwenlayers
-from qwenlayers import golden
+from qwenlayers import golden, layer
 from qwenlayers.core.compare import compare
 from qwenlayers.core.config import preset
 from qwenlayers.core.tiling import fit_kv_block
@@ -21,6 +21,7 @@ from qwenlayers.errors import InputError
 from qwenlayers.registry import get_registry
 from qwenlayers.runtime import chunking
 from qwenlayers.runtime.traces import PHASE_PID
+from qwenlayers.runtime.worker import run_job
 
 SEQ_TILE = 16
 
@@ -291,7 +292,16 @@ def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_p
     assert rep.tasks == whole.report.tasks  # the same work, cut at the loop boundaries
     checked = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True)
     assert checked.report.within_tolerance is True and checked.report.sim_us == pytest.approx(rep.sim_us)
+    phase_folders = []
+
+    def recording(*args, **kwargs):
+        result = run_job(*args, **kwargs)
+        phase_folders.append(result.kept_dir)
+        return result
+
+    monkeypatch.setattr(layer, "run_job", recording)
     kept = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False, keep=True)
+    assert len(phase_folders) == len(kept.report.chunks) and all(f is not None and not f.exists() for f in phase_folders)
     trace = json.loads(Path(kept.report.trace).read_text())["traceEvents"]
     spans = [e for e in trace if e.get("pid") == PHASE_PID and e.get("ph") == "X"]
     assert [s["name"] for s in spans] == [c["worker"] for c in kept.report.chunks]  # one span per phase, in run order

@@ -114,7 +114,7 @@ def run_bench(
                 rep = result.report
                 trace = (_earlier_trace(out_dir, rep.cache_key) if rep.from_cache else
                          _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}"))
-                work = layer_work(cfg, phase, [seq_len] * batch)
+                work = layer_work(cfg, phase, lens)
                 roof_us, bound = roofline(target, work)
                 cal_us, cal_bound = cal.roofline_us(work)
                 record = {

@@ -65,15 +65,18 @@ class _Runs:
         self.target, self.say, self.verify_passes, self.cache = target, say, verify_passes, cache
         self.reports: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
-        self.kept_dir: Path | None = None
         self.kept_dirs: list[Path] = []  # every worker folder kept, in run order
+
+    @property
+    def kept_dir(self) -> Path | None:
+        """The folder of the last worker kept (the one a report names)."""
+        return self.kept_dirs[-1] if self.kept_dirs else None
 
     def run(self, what: str, job: Any, estimate: int, lens: list[int], *, values: bool = True, keep: bool = False) -> WorkerResult:
         result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep,
                          progress=lambda phase: self.say(f"{what}: {phase}"), cache=self.cache)
         self.reports.append(result.report)
         self.summaries.append(chunk_summary(what, estimate, lens, result.report, result.wall_s))
-        self.kept_dir = result.kept_dir or self.kept_dir
         if result.kept_dir:
             self.kept_dirs.append(result.kept_dir)
         return result

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.kernels.layer_blocks import LayerTiles
 from qwenlayers.core.kernels.reference import projection_loops
 from qwenlayers.core.parts import Part
 from qwenlayers.core.tiling import TilingPlan
@@ -95,7 +96,7 @@ def memory_limit_bytes() -> int:
     85 % of the machine. Not the checked-run budget (QWENLAYERS_WORKER_MEM_GB, which sizes the
     split): a hard stop, so a run the estimates did not foresee (an estimate that is off) fails
     with its figures instead of waking the OOM killer. A cost-model run, which is one worker
-    whatever its size, is held to it up front (:func:`check_cost_model_fits`)."""
+    whatever its size, is held to it up front (:func:`check_decode_cost_model_fits`)."""
     given = env_bytes(MEM_LIMIT_ENV, "a memory limit", "20", f"{DEFAULT_MEM_LIMIT_FRACTION:.0%} of this machine")
     return int(DEFAULT_MEM_LIMIT_FRACTION * _machine_bytes()) if given is None else given
 
@@ -416,16 +417,12 @@ CM_BASE_BYTES = int(0.45 * GIB)
 
 def projection_tile_ops(config: Qwen3Config, plan: TilingPlan) -> int:
     """Cube tile ops of the fused layer's projections for one CUBE_M block of rows: (K tiles) x
-    (N tiles) of q, k|v, o, gate|up and down, as ``core.kernels.layer_blocks.LayerTiles`` tiles them."""
-    h, kc = config.hidden_size, plan.k_chunk
-
-    def tiles(n: int, step: int) -> int:
-        return -(-n // step)
-
-    into_h = tiles(config.q_width, plan.q_out_chunk) + tiles(2 * config.kv_width, plan.kv_out_chunk) \
-        + tiles(2 * config.intermediate_size, plan.mlp_out_chunk)
-    out_of = tiles(config.q_width, plan.q_out_chunk) + tiles(config.intermediate_size, plan.mlp_out_chunk)
-    return tiles(h, kc) * (into_h + out_of)
+    (N tiles) of q, k|v, o, gate|up and down, with the L0 tiles the kernel builds them with
+    (``core.kernels.layer_blocks.LayerTiles``)."""
+    t = LayerTiles(plan, config, plan.cube_m)
+    h, q, kv, inter = config.hidden_size, config.q_width, config.kv_width, config.intermediate_size
+    matmuls = ((h, q, t.q_proj), (h, 2 * kv, t.kv_proj), (q, h, t.o_proj), (h, 2 * inter, t.gate_up), (inter, h, t.down))
+    return sum(-(-k // tile.k) * -(-n // tile.n) for k, n, tile in matmuls)
 
 
 def decode_cost_model_estimate(config: Qwen3Config, plan: TilingPlan, lens: list[int]) -> int:

@@ -1,4 +1,4 @@
-"""The ``qwenlayers`` command line: platforms, plan, smoke, run, bench, tune.
+"""The ``qwenlayers`` command line: platforms, plan, smoke, run, bench, tune, generate.
 
 Every qwenlayers error is printed as one clear message and mapped to an exit code:
 2 bad input or tiling, 3 platform problem (unknown, broken, unavailable), 4 kernel failure.
@@ -584,6 +584,74 @@ def tune(
                       " / ".join(str(tasks.get(k, "-")) for k in ("AIC", "AIV", "HUB")) if tasks else "-")
     out.print(tried)
     out.print(f"cached in {result.stored}; `qwenlayers plan --batch {batch} --seq-len {seq_len}` shows it")
+
+
+def _token_ids(text: str) -> list[int]:
+    """One --prompt-ids value: comma-separated token ids (0 is a token; the range is checked
+    against the checkpoint's vocabulary later)."""
+    from qwenlayers.errors import InputError
+
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--prompt-ids {text!r} is not a comma-separated list of token ids, e.g. --prompt-ids 1,2,3") from None
+    if not ids:
+        raise InputError("--prompt-ids is empty; give each prompt's token ids, e.g. --prompt-ids 1,2,3")
+    return ids
+
+
+@app.command()
+def generate(
+    weights: str = typer.Option(..., "--weights", help="Hugging Face Qwen3 checkpoint folder (config.json + safetensors)."),
+    prompt_ids: list[str] = typer.Option(..., "--prompt-ids", help="One prompt's token ids, e.g. 1,2,3 (repeat for a batch)."),
+    steps: int = typer.Option(4, "--steps", help="Greedy decode steps after the prefill (each adds one token per prompt)."),
+    platform: PlatformOpt = None,
+    budgets: BudgetsOpt = None,
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks for every layer, as `run --tp`."),
+    check: bool = typer.Option(False, "--check", metavar="",
+                               help="Also run golden chains in fp32 and bf16 (and transformers, when installed): tokens and drift."),
+    max_seq: int | None = typer.Option(None, "--max-seq", help="Cache rows per sequence (default: longest prompt + steps, rounded up to 64)."),
+    results: str | None = typer.Option(None, "--results", help="Folder for the JSON record and the drift plot (default: the user data dir)."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a whole Qwen3 checkpoint: every layer's prefill on the platform, then greedy decode
+    steps through every layer; embeddings, final norm and lm_head on the host.
+
+    Prints the tokens, the simulated time of every pass and, with --check, each chain's greedy
+    tokens and the drift of every layer against fp32; writes <results>/generate-*.json and, with
+    --check, the drift plot beside it. Exit 4 when a checked run is outside the bar."""
+    from pathlib import Path
+
+    from qwenlayers.generate_tables import agreement_table, drift_table, timing_table, tokens_table
+    from qwenlayers.model import generate as run_generate
+    from qwenlayers.model.generation import drift_bar_text
+    from qwenlayers.model.records import write_generation
+
+    with _handled(as_json):
+        prompts = [_token_ids(p) for p in prompt_ids]
+        with err.status("generate …") as status:
+            gen = run_generate(weights, prompts, steps=steps, platform=platform, budgets=budgets, tp=tp, check=check,
+                               max_seq=max_seq, progress=lambda m: status.update(f"generate: {m} …"))
+        record, plot = write_generation(gen, Path(results) if results else None)
+    if as_json:
+        print(json.dumps({**gen.as_dict(), "record": str(record), "plot": str(plot) if plot else None}, indent=2, default=str))
+    else:
+        out.print(tokens_table(gen))
+        out.print(timing_table(gen))
+        if gen.checked:
+            out.print(agreement_table(gen))
+            out.print(drift_table(gen))
+            verdict = "[green]PASS[/]" if gen.ok else "[red]FAIL[/]"
+            out.print(f"check: {verdict}: every layer within {drift_bar_text()}; greedy tokens equal to the fp32 chain's"
+                      + (" and transformers'" if gen.transformers_version else " (transformers not installed)")
+                      + ", near ties excepted")
+            for failure in gen.failures():
+                out.print(f"  [red]{escape(failure)}[/]")
+        out.print(f"record: {record}")
+        if plot:
+            out.print(f"drift plot: {plot}")
+    if gen.ok is False:
+        raise typer.Exit(4)
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ def load_config(source: str | Path, *, name: str | None = None) -> Qwen3Config:
         raise CheckpointError(_unreadable(file, "Hugging Face config", exc)) from exc
 
 
-def _shard_name(index: Path, tensor: str, fname: object) -> str:
+def shard_name(index: Path, tensor: str, fname: object) -> str:
     """A ``weight_map`` entry, refused unless it names a file inside the checkpoint folder: an
     absolute path or a ``..`` would let a downloaded index read any file on the machine.
     Checked by name, not by resolving links, so a Hugging Face cache snapshot (whose files are
@@ -90,7 +90,7 @@ def _index_files(index: Path, names: Mapping[str, str], layer: int) -> dict[str,
     for full in names:
         if full not in weight_map:
             raise InputError(f"{index} has no entry {full}; is layer {layer} in this checkpoint?")
-        fname = _shard_name(index, full, weight_map[full])
+        fname = shard_name(index, full, weight_map[full])
         if not (index.parent / fname).is_file():
             raise CheckpointError(f"{index} puts {full} in {fname}, but {index.parent / fname} does not exist; "
                                   f"the checkpoint is incomplete: {REFETCH}")

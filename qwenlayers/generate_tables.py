@@ -40,7 +40,7 @@ def _marked(ids: list[int], near_tie: list[bool]) -> str:
 
 
 def agreement_table(gen: Generation) -> Table:
-    table = Table(title="greedy tokens of each chain, all given the platform's prefix (* near tie: fp32 margin within bf16 noise)")
+    table = Table(title="greedy tokens of each chain, all given the platform's prefix (* near tie: fp32 top-2 margin within 3 sigma of bf16 logit noise)")
     table.add_column("step", justify="right")
     table.add_column("platform")
     table.add_column("golden fp32")

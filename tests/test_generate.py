@@ -201,3 +201,12 @@ def test_verdict_fails_on_drift_over_the_bar_and_on_a_real_token_disagreement() 
     assert bad.ok is False and "step 2, sequence 0: platform chose 5, golden fp32 6" in bad.failures()[0]
     unchecked = Generation("m", "p", 1, 4, [[1]], [[5]], [], 0.0)
     assert unchecked.ok is None
+
+
+def test_a_near_tie_is_a_margin_within_bf16_logit_noise() -> None:
+    from qwenlayers.model.host import near_ties
+
+    fp32 = torch.tensor([[1.0, 0.9, 0.0, 0.2], [1.0, 0.0, 0.0, 0.2]])
+    shift = 0.05 * torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS 0.05: a difference of two logits moves by ~0.07
+    assert near_ties(fp32, fp32 + shift) == [True, False]  # margin 0.1 is within 3 sigma (0.21); 0.8 is not
+    assert near_ties(fp32, fp32) == [False, False]  # no noise: nothing is a tie unless exactly equal

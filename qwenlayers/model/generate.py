@@ -26,9 +26,9 @@ import torch
 
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.errors import InputError
-from qwenlayers.model import host as host_ops
 from qwenlayers.model.checkpoint import ModelShape, Qwen3Checkpoint
 from qwenlayers.model.generation import Generation, LayerDrift, StepTiming, StepTokens
+from qwenlayers.model.host import embed_prompts, embed_tokens, greedy, logits, near_ties, top2_margin
 from qwenlayers.model.lanes import GoldenLane, LayerTiming, PlatformLane
 from qwenlayers.model.transformers_check import transformers_choices, transformers_version
 from qwenlayers.registry import PlatformRegistry
@@ -142,16 +142,16 @@ def generate(
     timings: list[StepTiming] = []
     drift: list[LayerDrift] = []
     token_checks: list[StepTokens] = []
-    hidden = {"platform": host_ops.embed_prompts(host, prompts, torch.bfloat16)}
-    hidden.update({g.name: host_ops.embed_prompts(host, prompts, g.dtype) for g in goldens})
+    hidden = {"platform": embed_prompts(host, prompts, torch.bfloat16)}
+    hidden.update({g.name: embed_prompts(host, prompts, g.dtype) for g in goldens})
     for step in range(steps + 1):
         phase: Phase = "prefill" if step == 0 else "decode"
         seq_lens = [n + step for n in lens]
         seq_t = torch.tensor(lens if step == 0 else seq_lens, dtype=torch.int32)
         if step:
             fed = [t[-1] for t in tokens]
-            hidden = {"platform": host_ops.embed_tokens(host, fed, torch.bfloat16)}
-            hidden.update({g.name: host_ops.embed_tokens(host, fed, g.dtype) for g in goldens})
+            hidden = {"platform": embed_tokens(host, fed, torch.bfloat16)}
+            hidden.update({g.name: embed_tokens(host, fed, g.dtype) for g in goldens})
         layer_timings: list[LayerTiming] = []
         for layer in range(n_layers):
             where = f"{'prefill' if step == 0 else f'decode step {step}/{steps}'}, layer {layer + 1}/{n_layers}"
@@ -166,15 +166,13 @@ def generate(
                     hidden[g.name] = g.run(phase, layer, w, hidden[g.name], seq_t)
                 drift.append(_drift(step, layer, lens, phase, hidden))
         timings.append(StepTiming(step, phase, lens if step == 0 else seq_lens, layer_timings))
-        scores = {name: host_ops.logits(host, _last_rows(h, lens, phase), cfg.rms_norm_eps) for name, h in hidden.items()}
-        chosen = host_ops.greedy(scores["platform"])
+        scores = {name: logits(host, _last_rows(h, lens, phase), cfg.rms_norm_eps) for name, h in hidden.items()}
+        chosen = greedy(scores["platform"])
         for b, t in enumerate(chosen):
             tokens[b].append(t)
         if goldens:
-            noise = float((scores["bf16"] - scores["fp32"]).abs().max())
-            margin = host_ops.top2_margin(scores["fp32"])
-            token_checks.append(StepTokens(step, chosen, host_ops.greedy(scores["fp32"]), host_ops.greedy(scores["bf16"]),
-                                           None, margin, [m <= 2 * noise for m in margin]))
+            token_checks.append(StepTokens(step, chosen, greedy(scores["fp32"]), greedy(scores["bf16"]), None,
+                                           top2_margin(scores["fp32"]), near_ties(scores["fp32"], scores["bf16"])))
     version = transformers_version() if check else None
     if version is not None:
         say("transformers' own greedy choices (fp32)")

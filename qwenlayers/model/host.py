@@ -45,3 +45,15 @@ def top2_margin(scores: torch.Tensor) -> list[float]:
     """Per row, how far the best logit is above the second: how close the greedy choice was."""
     top = scores.topk(2, dim=-1).values
     return [float(m) for m in top[:, 0] - top[:, 1]]
+
+
+#: A greedy choice is a near tie when the fp32 chain's top-2 margin is within this many standard
+#: deviations of the noise bf16 puts on the difference of two logits (per row: the RMS of the
+#: bf16 chain's logits minus the fp32 chain's, times sqrt 2 for a difference of two).
+NEAR_TIE_SIGMAS = 3.0
+
+
+def near_ties(fp32: torch.Tensor, bf16: torch.Tensor) -> list[bool]:
+    """Per row: is the fp32 chain's choice close enough to call that bf16 rounding alone could flip it?"""
+    noise = (bf16 - fp32).pow(2).mean(dim=-1).sqrt() * 2**0.5
+    return [m <= NEAR_TIE_SIGMAS * float(n) for m, n in zip(top2_margin(fp32), noise)]

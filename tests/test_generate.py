@@ -135,23 +135,26 @@ def test_not_a_qwen3_checkpoint(checkpoints: dict[str, Path], tmp_path: Path, mo
         generate(folder, [[1, 2]], steps=1)
 
 
-def test_missing_tensor_is_named(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_layer_runs(monkeypatch)
-    folder = _copy(checkpoints["hd64-gqa2-tied"], tmp_path / "cut")
-    tensors = load_file(folder / "model.safetensors")
+def _drop_down_proj(tensors: dict[str, torch.Tensor]) -> None:
     del tensors["model.layers.1.mlp.down_proj.weight"]
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(InputError, match=r"lacks 1 tensor.*model.layers.1.mlp.down_proj.weight"):
-        generate(folder, [[1, 2]], steps=1)
 
 
-def test_misshapen_tensor_is_named(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_layer_runs(monkeypatch)
-    folder = _copy(checkpoints["hd64-gqa2-tied"], tmp_path / "bad")
-    tensors = load_file(folder / "model.safetensors")
+def _shrink_norm(tensors: dict[str, torch.Tensor]) -> None:
     tensors["model.norm.weight"] = torch.ones(64, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_drop_down_proj, r"lacks 1 tensor.*model.layers.1.mlp.down_proj.weight"),
+    (_shrink_norm, r"model.norm.weight has shape \[64\], expected \[128\]"),
+])
+def test_missing_or_misshapen_tensor_is_named(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              damage, message) -> None:
+    _no_layer_runs(monkeypatch)
+    folder = _copy(checkpoints["hd64-gqa2-tied"], tmp_path / "damaged")
+    tensors = load_file(folder / "model.safetensors")
+    damage(tensors)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(InputError, match=r"model.norm.weight has shape \[64\], expected \[128\]"):
+    with pytest.raises(InputError, match=message):
         generate(folder, [[1, 2]], steps=1)
 
 

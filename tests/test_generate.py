@@ -213,3 +213,20 @@ def test_a_near_tie_is_a_margin_within_bf16_logit_noise() -> None:
     shift = 0.05 * torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS 0.05: a difference of two logits moves by ~0.07
     assert near_ties(fp32, fp32 + shift) == [True, False]  # margin 0.1 is within 3 sigma (0.21); 0.8 is not
     assert near_ties(fp32, fp32) == [False, False]  # no noise: nothing is a tie unless exactly equal
+
+
+def test_the_readme_generate_lines_run_as_written(runnable_platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    write, run = re.search(r'```bash\n(python -c "from qwenlayers import preset.*?")\n(qwenlayers generate .*?)\n```', readme,
+                           re.S).groups()
+    subprocess.run([sys.executable, *shlex.split(write)[1:]], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(run)[1:] + ["--platform", runnable_platform.name, "--results", str(tmp_path / "results")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "check: PASS" in res.output

@@ -29,13 +29,12 @@ from qwenlayers.inputs import cost_model_inputs, random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.calibration import calibrate
+from qwenlayers.runtime.paths import results_dir
 from qwenlayers.target import Target, resolve_target
 
 
 def default_results_dir() -> Path:
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("qwenlayers")) / "bench"
+    return results_dir("bench")
 
 
 @dataclass

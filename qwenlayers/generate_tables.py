@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from qwenlayers.model.generation import Generation
+from qwenlayers.model.host import NEAR_TIE_SIGMAS
 
 
 def tokens_table(gen: Generation) -> Table:
@@ -40,7 +41,8 @@ def _marked(ids: list[int], near_tie: list[bool]) -> str:
 
 
 def agreement_table(gen: Generation) -> Table:
-    table = Table(title="greedy tokens of each chain, all given the platform's prefix (* near tie: fp32 top-2 margin within 3 sigma of bf16 logit noise)")
+    table = Table(title="greedy tokens of each chain, all given the platform's prefix (* near tie: fp32 top-2 margin "
+                        f"within {NEAR_TIE_SIGMAS:g} sigma of bf16 logit noise)")
     table.add_column("step", justify="right")
     table.add_column("platform")
     table.add_column("golden fp32")

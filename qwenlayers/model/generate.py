@@ -27,9 +27,9 @@ import torch
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.errors import InputError
 from qwenlayers.model.checkpoint import ModelShape, Qwen3Checkpoint
-from qwenlayers.model.generation import Generation, LayerDrift, StepTiming, StepTokens
+from qwenlayers.model.generation import Generation, LayerDrift, LayerTiming, StepTiming, StepTokens
 from qwenlayers.model.host import embed_prompts, embed_tokens, greedy, logits, near_ties, top2_margin
-from qwenlayers.model.lanes import GoldenLane, LayerTiming, PlatformLane
+from qwenlayers.model.lanes import GoldenLane, PlatformLane
 from qwenlayers.model.transformers_check import transformers_choices, transformers_version
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.target import Target, resolve_target
@@ -134,6 +134,7 @@ def generate(
     shape, cfg = ckpt.shape, ckpt.shape.layer
     target = resolve_target(platform, budgets=budgets, registry=registry)
     host = ckpt.host()
+    host = replace(host, lm_head=host.lm_head.float())  # widened once: logits.float() is then free per chain and step
     batch, lens, n_layers = len(prompts), [len(p) for p in prompts], shape.num_layers
     lane = PlatformLane.new(cfg, target, tp, n_layers, batch, rows, say, cache)
     goldens = [GoldenLane.new(name, cfg, n_layers, batch, rows, dtype)

@@ -3,11 +3,11 @@ agreement. Plain frozen records, so the CLI, JSON and the plot read the same fig
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qwenlayers.core.platform import Phase
-from qwenlayers.model.lanes import LayerTiming
 
 #: The drift bar: a platform layer output may be off the fp32 chain by at most this many times
 #: what the bf16 golden chain alone is off by, plus a floor (relative RMS error). Both chains
@@ -15,6 +15,27 @@ from qwenlayers.model.lanes import LayerTiming
 #: matmuls, online softmax), which is what the factor leaves room for.
 DRIFT_FACTOR = 3.0
 DRIFT_FLOOR = 2e-3
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """What one layer call of the platform lane cost (its report's figures)."""
+
+    sim_us: float | None
+    tasks: dict[str, int]
+    compile_s: float
+    wall_s: float
+    peak_rss_mb: int
+    from_cache: bool = False
+
+
+def summed_tasks(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Task counts (AIC / AIV / HUB) of several programs added up."""
+    total: dict[str, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            total[key] = total.get(key, 0) + int(n)
+    return total
 
 
 def drift_bar_text() -> str:
@@ -47,11 +68,7 @@ class StepTiming:
         return self.tokens / (us * 1e-6) if us else None
 
     def tasks(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for t in self.layers:
-            for key, n in t.tasks.items():
-                total[key] = total.get(key, 0) + int(n)
-        return total
+        return summed_tasks(t.tasks for t in self.layers)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sim_us": self.sim_us, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,

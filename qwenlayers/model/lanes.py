@@ -22,22 +22,11 @@ from qwenlayers.core.platform import Phase
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import KernelError
 from qwenlayers.layer import decode, prefill
+from qwenlayers.model.generation import LayerTiming, summed_tasks
 from qwenlayers.target import Target
 from qwenlayers.tensor_parallel import decode_tp, prefill_tp
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class LayerTiming:
-    """What one layer call of the platform lane cost (its report's figures)."""
-
-    sim_us: float | None
-    tasks: dict[str, int]
-    compile_s: float
-    wall_s: float
-    peak_rss_mb: int
-    from_cache: bool = False
 
 
 def _caches(cfg: Qwen3Config, layers: int, batch: int, rows: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -101,11 +90,7 @@ class PlatformLane:
             else:
                 result = decode_tp(self.cfg, w16, hidden, k, v, seq_lens, tp=self.tp, **common)
             report = result.report
-            tasks: dict[str, int] = {}
-            for rank in report.ranks:
-                for part in (rank.attention, rank.mlp):
-                    for key, n in (part.get("tasks") or {}).items():
-                        tasks[key] = tasks.get(key, 0) + int(n)
+            tasks = summed_tasks(part.get("tasks") or {} for rank in report.ranks for part in (rank.attention, rank.mlp))
             timing = LayerTiming(report.sim_us, tasks, max(float(r.attention.get("compile_s") or 0) + float(r.mlp.get("compile_s") or 0)
                                                            for r in report.ranks), report.wall_s,
                                  max(int(p.get("peak_rss_mb") or 0) for r in report.ranks for p in (r.attention, r.mlp)))

@@ -8,20 +8,14 @@ import json
 import time
 from pathlib import Path
 
-from platformdirs import user_data_dir
-
 from qwenlayers.model.generation import Generation
 from qwenlayers.model.plot import plot_drift
-from qwenlayers.runtime.paths import atomic_write_text
-
-
-def default_results_dir() -> Path:
-    return Path(user_data_dir("qwenlayers")) / "generate"
+from qwenlayers.runtime.paths import atomic_write_text, results_dir
 
 
 def write_generation(gen: Generation, results: Path | None = None) -> tuple[Path, Path | None]:
     """Write the record (and the plot when checked); returns their paths."""
-    folder = results or default_results_dir()
+    folder = results or results_dir("generate")
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"generate-{gen.model.replace('/', '_')}-{gen.platform}-{time.strftime('%Y%m%d-%H%M%S')}"
     record = folder / f"{stem}.json"

@@ -70,6 +70,12 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def results_dir(kind: str) -> Path:
+    """Where a command keeps its results when not told (``bench``, ``generate``): the user data
+    dir, not the cache, since these are outputs to read and keep, not state to trust."""
+    return Path(platformdirs.user_data_dir("qwenlayers")) / kind
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` so a reader sees the old or the new text, never a part (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

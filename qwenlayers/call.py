@@ -42,6 +42,13 @@ class LayerCall:
     schedule: str = "fused"
 
 
+def check_timed(values: bool, timed: bool) -> None:
+    """``values`` and ``timed`` say which halves of a run to do: at least one of them."""
+    if not values and not timed:
+        raise InputError("values=False and timed=False leave nothing to run: values=False is a cost-model run (the "
+                         "timing only), timed=False a values run without the cost model")
+
+
 def prepare_call(
     phase: Phase,
     config: Qwen3Config | Mapping[str, Any] | str,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qwenlayers.call import LayerCall, prepare_call
+from qwenlayers.call import LayerCall, check_timed, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
@@ -61,8 +61,10 @@ class LayerResult:
 class _Runs:
     """The workers of one call: their reports and summary lines, and the progress line."""
 
-    def __init__(self, target: Target, say: Progress, verify_passes: bool, cache: bool | None = None) -> None:
+    def __init__(self, target: Target, say: Progress, verify_passes: bool, cache: bool | None = None,
+                 timed: bool = True) -> None:
         self.target, self.say, self.verify_passes, self.cache = target, say, verify_passes, cache
+        self.timed = timed  # False: the values runs run no cost model (the call's timing comes from elsewhere, or none)
         self.reports: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
         self.kept_dirs: list[Path] = []  # every worker folder kept, in run order
@@ -73,8 +75,8 @@ class _Runs:
         return self.kept_dirs[-1] if self.kept_dirs else None
 
     def run(self, what: str, job: Any, estimate: int, lens: list[int], *, values: bool = True, keep: bool = False) -> WorkerResult:
-        result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, keep=keep,
-                         progress=lambda phase: self.say(f"{what}: {phase}"), cache=self.cache)
+        result = run_job(self.target, job, verify_passes=self.verify_passes, values=values, timed=self.timed or not values,
+                         keep=keep, progress=lambda phase: self.say(f"{what}: {phase}"), cache=self.cache)
         self.reports.append(result.report)
         self.summaries.append(chunk_summary(what, estimate, lens, result.report, result.wall_s))
         if result.kept_dir:
@@ -216,6 +218,10 @@ def _cost_model_only(call: LayerCall, whole: WorkerResult) -> LayerResult:
     return LayerResult(None, report)
 
 
+#: A report's ``timing_from`` when the call was not timed (``timed=False``).
+NOT_TIMED = "not timed (timed=False: values only, no cost model)"
+
+
 def _finish(call: LayerCall, runs: _Runs, out: torch.Tensor, written: list[Written], timing: dict[str, Any],
             timing_from: str, wall_total: float, check: bool, say: Progress) -> LayerResult:
     """Write back the documented cache rows (every worker succeeded), build the report, check."""
@@ -244,6 +250,7 @@ def decode(
     check: bool = False,
     keep: bool = False,
     values: bool = True,
+    timed: bool = True,
     verify_passes: bool = False,
     schedule: str = "fused",
     registry: PlatformRegistry | None = None,
@@ -265,7 +272,10 @@ def decode(
     from one extra whole-batch cost-model run of the one-program layer.
 
     ``values=False`` runs only that cost-model run (cheap at any size): ``out`` is None and
-    the caches are not touched. Cost-model runs answer from the result cache when the same
+    the caches are not touched. ``timed=False`` is the other half: values only, no cost model
+    (on a sim pypto's compile stops at the tensor graph, whose interpreter gives the values), so
+    ``report.sim_us`` is None; a whole model takes its layers' values this way and each distinct
+    program's timing from one ``values=False`` call. Cost-model runs answer from the result cache when the same
     program ran before (``report.from_cache``; ``cache=False`` forces a fresh run; None uses it
     unless ``keep`` asks for a run folder). ``verify_passes=True`` also checks pypto's default lowered
     passes against its tensor graph (``report.verification``; slower).
@@ -281,6 +291,7 @@ def decode(
     such inputs anyway; a checked run then reports the non-finite outputs as a failure.
     """
     say = progress or (lambda _msg: None)
+    check_timed(values, timed)
     call = prepare_call("decode", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
                         plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule)
     lens, run_cfg, the_plan = call.lens, call.run_config, call.plan
@@ -306,13 +317,13 @@ def decode(
     elif values:
         split = split_decode(run_cfg, lens, st, the_plan.mlp_out_chunk)
     single = split is not None and len(split.chunks) == 1 and split.part == "layer"
-    if schedule == "fused" and not single:  # the whole-batch cost-model run will come: refused now if it cannot fit
+    if timed and schedule == "fused" and not single:  # the whole-batch cost-model run will come: refused now if it cannot fit
         check_decode_cost_model_fits(run_cfg, the_plan, lens)
     if split is None:
         return _cost_model_only(call, whole_batch_cost_model_run())
     out = torch.empty_like(hidden)
     written: list[Written] = []
-    runs = _Runs(call.target, say, verify_passes, cache)
+    runs = _Runs(call.target, say, verify_passes, cache, timed=timed and single)  # else their timing is not the call's
     for n, chunk in enumerate(split.chunks, 1):
         sl = slice(chunk.start, chunk.stop)
         part = lens[sl]
@@ -326,8 +337,8 @@ def decode(
     if split.part == "to_residual":
         out = _mlp_in_shards(runs, run_cfg, the_plan, packed, out, split)
     wall_total = runs.wall_s
-    timing, timing_from = runs.reports[0], "values run"
-    if not single:
+    timing, timing_from = runs.reports[0], "values run" if timed else NOT_TIMED
+    if timed and not single:
         whole = whole_batch_cost_model_run()
         timing, timing_from = whole.report, "whole-batch cost-model run"
         wall_total += whole.wall_s
@@ -348,6 +359,7 @@ def prefill(
     check: bool = False,
     keep: bool = False,
     values: bool = True,
+    timed: bool = True,
     verify_passes: bool = False,
     schedule: str = "fused",
     registry: PlatformRegistry | None = None,
@@ -363,7 +375,8 @@ def prefill(
     or allocated zero with the config's ``max_seq``. Only real tokens reach the kernel (the
     host packs them), so padding costs nothing. Checked runs are split by sequences into worker
     chunks under ``QWENLAYERS_WORKER_MEM_GB``. ``values=False`` runs the cost model only (out
-    None, caches untouched), which is what full-size benchmarks can afford.
+    None, caches untouched), which is what full-size benchmarks can afford; ``timed=False`` runs
+    the values only (as :func:`decode`).
 
     ``schedule="reference"`` runs the reference-schedule baseline (as :func:`decode`); its
     checked runs go one worker per sequence chunk like the fused kernel's.
@@ -373,6 +386,7 @@ def prefill(
     cache row is read) unless ``allow_nonfinite=True``.
     """
     say = progress or (lambda _msg: None)
+    check_timed(values, timed)
     call = prepare_call("prefill", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
                         plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule)
     lens, run_cfg, the_plan, batch = call.lens, call.run_config, call.plan, len(call.lens)
@@ -403,7 +417,8 @@ def prefill(
         return run_job(call.target, job_for(0, batch)[0], values=False, keep=keep,
                        progress=lambda phase: say(f"{what}: {phase}"), cache=cache)
 
-    phases = phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk) if schedule == "fused" else None
+    phases = (phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk)
+              if schedule == "fused" and timed else None)
     if not values and phases is None:
         return _cost_model_only(call, whole_batch_cost_model_run())
     timing_phased: dict[str, Any] = {}
@@ -416,7 +431,8 @@ def prefill(
             return LayerResult(None, report)
 
     written: list[Written] = []
-    runs = _Runs(call.target, say, verify_passes, cache)
+    single = phases is None and len(chunks) == 1 and split is None  # its values run is the call's timing
+    runs = _Runs(call.target, say, verify_passes, cache, timed=timed and single)
     for n, chunk in enumerate(chunks, 1):
         part = lens[chunk.start : chunk.stop]
         job, kc, vc = job_for(chunk.start, chunk.stop)
@@ -429,11 +445,11 @@ def prefill(
         collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
         scatter_packed(out, o["out"], part, chunk.start)
     wall_total = runs.wall_s
-    timing, timing_from = runs.reports[0], "values run"
+    timing, timing_from = runs.reports[0], "values run" if timed else NOT_TIMED
     if phases is not None:
         timing, timing_from = timing_phased, timing_phased["timing_from"]
         wall_total += timing_phased["wall_s"]
-    elif len(chunks) > 1 or split is not None:
+    elif timed and not single:
         whole = whole_batch_cost_model_run()
         timing, timing_from = whole.report, "whole-batch cost-model run"
         wall_total += whole.wall_s

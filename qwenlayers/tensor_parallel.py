@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from qwenlayers.call import LayerCall, prepare_call
+from qwenlayers.call import LayerCall, check_timed, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config, as_config
 from qwenlayers.core.platform import Phase, Platform
@@ -122,6 +122,8 @@ class _Job:
     values: bool
     timeout_s: float
     fault_rank: int | None = None  # tests: this rank raises before its first collective
+    timed: bool = True  # False: the ranks' values runs run no cost model
+    cache: bool | None = None  # the cost-model result cache, as in qwenlayers.decode
 
     @property
     def backend(self) -> str:
@@ -159,9 +161,10 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     if job.phase == "decode":
         attn = run_job(job.target, DecodeJob(*common, torch.tensor(job.lens, dtype=torch.int32), part="partial_o_proj",
                                                  tilelet_bytes=job.target.platform.budgets.tilelet_bytes),
-                       values=job.values)
+                       values=job.values, timed=job.timed, cache=job.cache)
     else:
-        attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj"), values=job.values)
+        attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj"), values=job.values, timed=job.timed,
+                       cache=job.cache)
     o_part = attn.outputs["out"].float().contiguous()
     comm_s = allreduce(o_part)  # reduction point 1
     resid = residual_after_reduction(hidden, o_part)
@@ -171,7 +174,7 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     tile = job.plan.cube_m if job.phase == "prefill" else 0
     padded = torch.cat([resid, torch.zeros(-rows % tile, resid.shape[1], dtype=resid.dtype)]) if tile and rows % tile and rows > tile else resid
     mlp = run_job(job.target, MlpJob(cfg, job.plan, padded, packed["w_ln2"], packed["w_gu"], packed["w_down"], token_tile=tile),
-                  values=job.values)
+                  values=job.values, timed=job.timed, cache=job.cache)
     down = mlp.outputs["part"][:rows].float().contiguous()
     comm_s += allreduce(down)  # reduction point 2
     out = residual_after_reduction(resid, down)
@@ -293,8 +296,11 @@ def _run(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache: torch.
     return _launch_spawn(job, per_rank, say)
 
 
-def _prepare(call: LayerCall, tp: int, values: bool, timeout_s: float, fault_rank: int | None) -> _Job:
-    return _Job(call.phase, call.target, call.run_config, tp, call.plan, call.lens, values, timeout_s, fault_rank)
+def _prepare(call: LayerCall, tp: int, values: bool, timeout_s: float, fault_rank: int | None, timed: bool = True,
+             cache: bool | None = None) -> _Job:
+    check_timed(values, timed)
+    return _Job(call.phase, call.target, call.run_config, tp, call.plan, call.lens, values, timeout_s, fault_rank, timed,
+                cache)
 
 
 def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -323,7 +329,7 @@ def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_c
 
 def _rank_report(sp: ShardPlan, res: dict[str, Any]) -> RankReport:
     def part(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: r.get(k) for k in ("sim_us", "tasks", "compile_s", "simulate_s", "peak_rss_mb")}
+        return {k: r.get(k) for k in ("sim_us", "tasks", "compile_s", "simulate_s", "peak_rss_mb", "from_cache")}
 
     a, m = res["attention"], res["mlp"]
     total = a["sim_us"] + m["sim_us"] if a.get("sim_us") is not None and m.get("sim_us") is not None else None
@@ -344,12 +350,14 @@ def decode_tp(
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     values: bool = True,
+    timed: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     launcher: str = "spawn",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     fault_rank: int | None = None,
     allow_nonfinite: bool = False,
+    cache: bool | None = None,
 ) -> TPResult | None:
     """One decode step of one layer split over ``tp`` ranks (same contract as
     :func:`qwenlayers.decode`: caches [B, KVH, MAX_SEQ, D] written at row seq_len-1 only; the
@@ -358,11 +366,12 @@ def decode_tp(
     ``plan`` is the shard's plan (default: the plugin's tiling for the shard config). Under
     torchrun pass ``launcher="env"``: every process calls this with the same arguments and
     rank 0 gets the result (the others None). ``fault_rank`` makes that rank fail (tests).
+    ``values``, ``timed`` and ``cache`` are :func:`qwenlayers.decode`'s, for every rank's programs.
     """
     say = progress or (lambda _m: None)
     call = prepare_call("decode", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
                         plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
-    job = _prepare(call, tp, values, timeout_s, fault_rank)
+    job = _prepare(call, tp, values, timeout_s, fault_rank, timed, cache)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
     results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)
@@ -390,12 +399,14 @@ def prefill_tp(
     plan: TilingPlan | Mapping[str, int] | None = None,
     check: bool = False,
     values: bool = True,
+    timed: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     launcher: str = "spawn",
     registry: PlatformRegistry | None = None,
     progress: Progress | None = None,
     fault_rank: int | None = None,
     allow_nonfinite: bool = False,
+    cache: bool | None = None,
 ) -> TPResult | None:
     """Causal prefill of one layer split over ``tp`` ranks (same contract as
     :func:`qwenlayers.prefill`: out [B, S, H] with padding rows zero; caches the caller's,
@@ -404,7 +415,7 @@ def prefill_tp(
     call = prepare_call("prefill", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
                         plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
     k_cache, v_cache = call.k_cache, call.v_cache
-    job = _prepare(call, tp, values, timeout_s, fault_rank)
+    job = _prepare(call, tp, values, timeout_s, fault_rank, timed, cache)
     start = time.perf_counter()
     before = (k_cache.clone(), v_cache.clone()) if check else None
     results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)

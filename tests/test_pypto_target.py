@@ -8,7 +8,7 @@ from qwenlayers.core.platform import Cores
 from qwenlayers.errors import KernelError, PlatformUnavailableError
 from qwenlayers.registry import get_registry
 from qwenlayers.runtime import pypto_target
-from qwenlayers.runtime.pypto_workarounds import INI_OVERLAY, SIM_VERIFY_REAL_INPUTS
+from qwenlayers.runtime.pypto_workarounds import INI_OVERLAY, SIM_TENSOR_GRAPH_VALUES, SIM_VERIFY_REAL_INPUTS
 
 
 def _ini_values(text):
@@ -37,8 +37,8 @@ def test_a_variant_changes_exactly_its_fields():
 def test_the_built_in_plugin_declares_pypto_020s_workarounds_for_every_sim():
     reg = get_registry()
     a5, a2a3 = (reg.workarounds(reg.get(n)) for n in ("a5sim", "a2a3sim"))
-    assert a5.switches() == [SIM_VERIFY_REAL_INPUTS.key, INI_OVERLAY.key]
-    assert a2a3.switches() == [SIM_VERIFY_REAL_INPUTS.key]
+    assert a5.switches() == [SIM_VERIFY_REAL_INPUTS.key, SIM_TENSOR_GRAPH_VALUES.key, INI_OVERLAY.key]
+    assert a2a3.switches() == [SIM_VERIFY_REAL_INPUTS.key, SIM_TENSOR_GRAPH_VALUES.key]
     assert "pypto-one-axis-broadcast" in a2a3.keys()  # a note: how the builders are written
     assert reg.workarounds(reg.get("a5")).switches() == []  # npu: nothing to switch
 

@@ -17,7 +17,7 @@ from qwenlayers.core.hookspecs import hookimpl
 from qwenlayers.core.platform import Platform
 from qwenlayers.core.workarounds import Workaround
 from qwenlayers.runtime.pypto_target import needs_overlay, sim_runtime_env
-from qwenlayers.runtime.pypto_workarounds import BUILDER_NOTES, INI_OVERLAY, SIM_VERIFY_REAL_INPUTS
+from qwenlayers.runtime.pypto_workarounds import BUILDER_NOTES, INI_OVERLAY, SIM_TENSOR_GRAPH_VALUES, SIM_VERIFY_REAL_INPUTS
 
 NAME = "builtin"
 DIST = "qwenlayers (built-in)"
@@ -27,9 +27,9 @@ DIST = "qwenlayers (built-in)"
 def qwenlayers_workarounds(platform: Platform) -> list[Workaround]:
     found = list(BUILDER_NOTES)
     if platform.run_mode == "sim":
-        found.insert(0, SIM_VERIFY_REAL_INPUTS)
+        found[:0] = [SIM_VERIFY_REAL_INPUTS, SIM_TENSOR_GRAPH_VALUES]
         if needs_overlay(platform):
-            found.insert(1, INI_OVERLAY)
+            found.insert(2, INI_OVERLAY)
     return found
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from qwenlayers.runtime import sim
 from qwenlayers.runtime.job_types import CalibrateJob, DecodeJob, Job, MlpJob, PrefillJob, RmsNormJob, StageSweepJob
 
 JobFn = Callable[["JobContext", Any], dict[str, Any]]
@@ -25,6 +26,15 @@ class JobContext:
     log_path: Path
     verify_passes: bool  # run the default lowered-pass verification, not only the tensor graph
     values: bool = True  # interpret the tensor graph for output values; False = cost model only
+    timed: bool = True  # also run the cost model; False with values: the compile stops at the tensor graph
+    tensor_graph_values: bool = False  # workaround pypto-sim-tensor-graph-values is declared for the target
+
+    @property
+    def values_only(self) -> bool:
+        """A SIM values run nobody times: pypto records and interprets the tensor graph and stops
+        (no passes, no codegen, no cost model). Verifying the passes needs them, so it never is."""
+        return (self.run_mode == "sim" and self.values and not self.timed and not self.verify_passes
+                and self.tensor_graph_values)
 
     def jit_options(self) -> dict[str, Any]:
         import pypto
@@ -36,7 +46,17 @@ class JobContext:
             if not self.verify_passes:
                 verify["pass_verify_pass_filter"] = []  # tensor graph only: fills outputs, cheap
             opts["verify_options"] = verify
+        if self.values_only:
+            opts["host_options"] = {"compile_stage": pypto.CompStage.TENSOR_GRAPH}
         return opts
+
+    def launch(self, kernel: Any, args: list[torch.Tensor], returns: tuple[torch.Tensor, ...]) -> None:
+        """Run ``kernel(*args)``; ``returns`` (some of the arguments) hold its results after."""
+        if self.values_only:
+            sim.run_to_tensor_graph(kernel, args, returns, self.log_path)
+            return
+        with sim.quiet(self.log_path):
+            kernel(*args)
 
 
 def job(kind: type[Job]) -> Callable[[JobFn], JobFn]:
@@ -50,14 +70,12 @@ def job(kind: type[Job]) -> Callable[[JobFn], JobFn]:
 @job(RmsNormJob)
 def rmsnorm_job(ctx: JobContext, j: RmsNormJob) -> dict[str, torch.Tensor]:
     from qwenlayers.core.kernels.rmsnorm import build_rmsnorm
-    from qwenlayers.runtime import sim
 
     x, g = j.x, j.g
     tokens, hidden = x.shape
     kernel = build_rmsnorm(tokens, hidden, j.eps, vec_tile=tuple(j.vec_tile), jit_options=ctx.jit_options())
     out = torch.zeros_like(x)
-    with sim.quiet(ctx.log_path):
-        kernel(x, g.reshape(1, hidden), out)
+    ctx.launch(kernel, [x, g.reshape(1, hidden), out], (out,))
     return {"out": out}
 
 
@@ -75,7 +93,6 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
     from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, cache_write_index
     from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
-    from qwenlayers.runtime import sim
 
     cfg, plan, part = j.config, j.plan, j.part
     x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
@@ -99,8 +116,7 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     else:  # to_residual, partial_o_proj: the weights up to w_o (the MLP's three come last)
         kernel = build_decode_attention(cfg, shape, plan, jit_options=ctx.jit_options(), residual=part == "to_residual")
         args = [x, *weights[:-3], *tail]
-    with sim.quiet(ctx.log_path):
-        kernel(*args)
+    ctx.launch(kernel, args, (out, kc, vc))
     return {"out": out, "k_cache": k_cache, "v_cache": v_cache}
 
 
@@ -109,13 +125,11 @@ def mlp_job(ctx: JobContext, j: MlpJob) -> dict[str, torch.Tensor]:
     """Post-attention norm and one intermediate shard of the MLP; returns the fp32 partial down
     projection [R, H]."""
     from qwenlayers.core.kernels.decode import build_decode_mlp
-    from qwenlayers.runtime import sim
 
     kernel = build_decode_mlp(j.config, j.resid.shape[0], j.w_down.shape[0], j.plan, jit_options=ctx.jit_options(),
                               token_tile=j.token_tile)
     part = torch.zeros(j.resid.shape, dtype=torch.float32)
-    with sim.quiet(ctx.log_path):
-        kernel(j.resid, j.w_ln2, j.w_gu, j.w_down, part)
+    ctx.launch(kernel, [j.resid, j.w_ln2, j.w_gu, j.w_down, part], (part,))
     return {"part": part}
 
 
@@ -127,7 +141,6 @@ def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
     from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
     from qwenlayers.core.kernels.prefill import WORKSPACES, PrefillShape, build_prefill, causal_mask, padded_tokens, work_items
     from qwenlayers.core.parts import SPLIT_PARTS
-    from qwenlayers.runtime import sim
 
     cfg, plan, lens, part = j.config, j.plan, j.seq_lens, j.part
     x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
@@ -160,8 +173,7 @@ def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
             given = getattr(j, name)  # a split run hands loop B the workspaces loop A filled, loop C its attn
             ws.append(torch.zeros(n_tok, width, dtype=x.dtype) if given is None else
                       torch.cat([given, torch.zeros(n_tok - given.shape[0], width, dtype=x.dtype)]))
-    with sim.quiet(ctx.log_path):
-        kernel(*head, *ws, out)
+    ctx.launch(kernel, [*head, *ws, out], (out, kc, vc, *(ws if part in SPLIT_PARTS else ())))
     result = {"out": out[:n_real], "k_cache": k_cache, "v_cache": v_cache}
     if part in SPLIT_PARTS:
         result.update({name: w[:n_real] for name, w in zip(WORKSPACES, ws)})
@@ -178,7 +190,6 @@ def calibrate_job(ctx: JobContext, j: CalibrateJob) -> dict[str, Any]:
         build_vector,
         build_weight_stream,
     )
-    from qwenlayers.runtime import sim
 
     rows, cols = j.stream_shape
     m, k, n = j.matmul_shape
@@ -211,7 +222,6 @@ def stage_sweep_job(ctx: JobContext, j: StageSweepJob) -> dict[str, Any]:
     simulated µs and tasks, or the compile error (a tile too big for a buffer fails there); one
     failing point does not stop the others."""
     from qwenlayers.core.kernels.sweep import StageShape, build_stage
-    from qwenlayers.runtime import sim
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     results: list[dict[str, Any]] = []

@@ -18,6 +18,23 @@ SIM_VERIFY_REAL_INPUTS = Workaround(
     remove_when="pypto returns output values in SIM mode without patching (tests/test_smoke.py passes with the patch off)",
 )
 
+SIM_TENSOR_GRAPH_VALUES = Workaround(
+    key="pypto-sim-tensor-graph-values",
+    kind="switch",
+    summary="an untimed SIM values run stops pypto's compile at the tensor graph and reads the interpreter's results "
+    "of the output arguments from its verification dumps",
+    why=(
+        "pypto 0.2.0 fills a SIM run's outputs only in CostModelRunOnceDataFromHost, which returns at once unless "
+        "compile_stage is ALL_COMPLETE; the values come from the tensor-graph interpreter (Program::VerifyTensorGraph, "
+        "run when the function is recorded, before any pass), so the passes, codegen and cost model of a full compile "
+        "add nothing to them. The interpreter writes argument k to verify_*/tensor_graph/*~k~<ts>.data when a golden "
+        "is registered for k"
+    ),
+    upstream="none: pypto 0.2.0 python/src/bindings/cost_model.cpp and framework/src/interface/program/recorder.cpp",
+    remove_when="a SIM run with compile_stage=TENSOR_GRAPH fills its output arguments itself (tests/test_tensor_graph_values.py "
+    "then passes with the read-back off)",
+)
+
 INI_OVERLAY = Workaround(
     key="pypto-ini-overlay",
     kind="switch",

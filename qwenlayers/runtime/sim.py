@@ -7,6 +7,9 @@ name of the status file, :data:`STATUS_ENV`; nothing here imports pypto at modul
   real host tensors makes the interpreter fill the output arguments in place.
 * :func:`load_calculator` builds pypto's libtorch "calculator" once into the qwenlayers cache and
   loads it (upstream rebuilds it with cmake in a temp dir in every process, ~30 s).
+* :func:`run_to_tensor_graph` runs a kernel for its values only: the compile stops at the tensor
+  graph, whose interpreter is where a SIM run's values come from anyway, and the interpreted
+  output arguments are read back from its dumps (workaround pypto-sim-tensor-graph-values).
 * :func:`sim_report` reads the cost-model files of one run.
 """
 
@@ -21,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +152,46 @@ def quiet(log_path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+
+
+def _dumped(run: Path, index: int) -> Path:
+    """The interpreter's dump of argument ``index`` (``verify_*/tensor_graph/<name>~<index>~<us>.data``;
+    its golden twin has ``~golden~`` in the name)."""
+    pattern = re.compile(rf"~{index}~(\d+)\.data$")
+    found = sorted((int(m.group(1)), p) for p in glob.glob(str(run / "verify_*" / "tensor_graph" / "*.data"))
+                   if (m := pattern.search(p)))
+    if not found:
+        raise RuntimeError(f"pypto's tensor-graph interpreter left no dump of argument {index} under {run}/verify_*/tensor_graph "
+                           "(workaround pypto-sim-tensor-graph-values: its file layout may have changed)")
+    return Path(found[-1][1])
+
+
+def run_to_tensor_graph(kernel: Any, args: Sequence[Any], returns: Sequence[Any], log_path: Path) -> None:
+    """Run ``kernel(*args)`` for its values only and copy the interpreter's results into the
+    ``returns`` arguments (given by identity). The kernel must be built with
+    ``host_options={"compile_stage": TENSOR_GRAPH}`` and pass verification on: pypto then records
+    and interprets the tensor graph and stops, no passes, no codegen, no cost model. A golden is
+    registered for each wanted argument only so that the interpreter dumps it; it is the
+    argument's own value before the run, and the verdict against it means nothing."""
+    import numpy as np
+    import pypto
+    import torch
+
+    wanted = [i for i, a in enumerate(args) if any(a is r for r in returns)]
+    if len(wanted) != len(returns):
+        raise ValueError("every tensor to return must be one of the kernel's arguments")
+    pypto.set_verify_golden_data(goldens=[a if i in wanted else None for i, a in enumerate(args)])
+    with quiet(log_path):
+        kernel(*args)
+    run = last_run_dir()
+    for i in wanted:
+        arg = args[i]
+        path = _dumped(run, i)
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size != arg.numel() * arg.element_size():
+            raise RuntimeError(f"pypto's dump {path} holds {raw.size} bytes; argument {i} {tuple(arg.shape)} {arg.dtype} "
+                               f"needs {arg.numel() * arg.element_size()} (workaround pypto-sim-tensor-graph-values)")
+        arg.copy_(torch.from_numpy(raw).view(arg.dtype).reshape(arg.shape))
 
 
 def verify_verdicts(run: Path) -> dict[str, Any]:

@@ -179,6 +179,7 @@ def run_job(
     *,
     verify_passes: bool = False,
     values: bool = True,
+    timed: bool = True,
     keep: bool = False,
     timeout: float | None = None,
     on_start: Callable[[Path], None] | None = None,
@@ -189,7 +190,9 @@ def run_job(
     in a fresh worker process and return its outputs and report.
 
     ``values=False`` runs the cost model only (no output values, nothing captured: cheap at any
-    size). ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
+    size). ``timed=False`` with values runs no cost model: on a sim the compile stops at the
+    tensor graph, whose interpreter gives the values (``report["values_only"]``, no timing), for
+    callers that take the timing from a cost-model run of the same program instead. ``keep`` keeps the run folder (pypto's output, the Perfetto trace, logs); otherwise it is
     deleted, since one big run leaves ~1.3 GB of traces. ``progress`` is told the worker's phase
     and elapsed time about twice a second.
 
@@ -216,6 +219,7 @@ def run_job(
         "log_path": str(log_path),
         "verify_passes": verify_passes,
         "values": values,
+        "timed": timed,
         "workarounds": list(target.switches),
     }
     write_message(job_path, payload)

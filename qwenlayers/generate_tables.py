@@ -23,7 +23,7 @@ def tokens_table(gen: Generation) -> Table:
 def timing_table(gen: Generation) -> Table:
     table = Table(title="simulated time per pass (every layer on the platform; embeddings, norm, lm_head on the host)")
     for col in ("step", "phase", "tokens", "µs per layer (min..max)", "step µs", "tasks AIC / AIV / HUB", "tokens/s (simulated)",
-                "compile s", "peak GB"):
+                "programs compiled", "compile s", "peak GB"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for t in gen.timings:
         per = [x.sim_us for x in t.layers if x.sim_us is not None]
@@ -31,7 +31,7 @@ def timing_table(gen: Generation) -> Table:
         table.add_row(str(t.step), t.phase, str(t.tokens), f"{min(per):.1f}..{max(per):.1f}" if per else "-",
                       f"{t.sim_us:.1f}" if t.sim_us is not None else "-",
                       " / ".join(str(tasks.get(k, 0)) for k in ("AIC", "AIV", "HUB")),
-                      f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-",
+                      f"{t.tokens_per_s:,.0f}" if t.tokens_per_s else "-", str(t.programs_compiled),
                       f"{sum(x.compile_s for x in t.layers):.1f}", f"{max(x.peak_rss_mb for x in t.layers) / 1024:.1f}")
     return table
 

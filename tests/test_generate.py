@@ -78,6 +78,9 @@ def test_tokens_equal_transformers_and_drift_within_the_bar(checkpoints: dict[st
     assert [t.phase for t in gen.timings] == ["prefill", "decode", "decode", "decode"]
     assert gen.timings[0].tokens == 9 and gen.timings[1].tokens == 3
     assert all(len(t.layers) == gen.layers and t.sim_us and t.sim_us > 0 for t in gen.timings)
+    for t in gen.timings:  # one full compile per pass (the tests run without the result cache), not one per layer
+        assert t.programs_compiled == 1 and t.layers[0].timing == "cost-model run"
+        assert all(x.timing == "as layer 1" and x.sim_us == t.layers[0].sim_us for x in t.layers[1:])
     # the decode steps read what the prefill wrote: their drift is as small as the prefill's
     assert len(gen.drift) == 4 * gen.layers
     assert all(d.within and 0 < d.platform_rel < 0.05 for d in gen.drift)

@@ -17,16 +17,24 @@ DRIFT_FACTOR = 3.0
 DRIFT_FLOOR = 2e-3
 
 
+#: Where a layer's timing came from (``LayerTiming.timing``): its program was compiled and
+#: simulated for it, or answered from the result cache (the same program ran before, in an
+#: earlier run); otherwise "as layer N", the timing of an earlier layer of the same pass.
+TIMED_HERE, TIMED_FROM_CACHE = "cost-model run", "result cache"
+
+
 @dataclass(frozen=True)
 class LayerTiming:
-    """What one layer call of the platform lane cost (its report's figures)."""
+    """What one layer of the platform lane cost: the simulated figures of its program, and what
+    this run spent on the layer (compile seconds: its values run's tensor graph, plus the full
+    compile when this layer's cost-model run was fresh; wall seconds of its calls)."""
 
     sim_us: float | None
     tasks: dict[str, int]
     compile_s: float
     wall_s: float
     peak_rss_mb: int
-    from_cache: bool = False
+    timing: str = ""  # where the figures came from (model.lanes: a cost-model run, the result cache, an earlier layer)
 
 
 def summed_tasks(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -70,9 +78,15 @@ class StepTiming:
     def tasks(self) -> dict[str, int]:
         return summed_tasks(t.tasks for t in self.layers)
 
+    @property
+    def programs_compiled(self) -> int:
+        """Full compiles (passes, codegen, cost model) this pass ran: one per distinct program
+        that the result cache did not already hold, however many layers share it."""
+        return sum(t.timing == TIMED_HERE for t in self.layers)
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sim_us": self.sim_us, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
-                "tasks": self.tasks()}
+                "tasks": self.tasks(), "programs_compiled": self.programs_compiled}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The chains a whole-model run pushes its tokens through, one layer at a time.
 
 A *lane* owns one chain's per-layer KV caches and runs one layer of one phase on its own hidden
-states: :class:`PlatformLane` on the selected platform through the public layer API (one layer
-call = one ``qwenlayers.prefill`` / ``decode``, or their tensor-parallel forms), and
+states: :class:`PlatformLane` on the selected platform through the public layer API (a
+values-only ``qwenlayers.prefill`` / ``decode`` per layer, or their tensor-parallel forms, and
+one cost-model call per distinct program), and
 :class:`GoldenLane` through the golden math in fp32 or bf16. Every lane sees the same layer
 weights and the same tokens, so their layer outputs can be compared layer by layer and step by
 step (the drift the ``--check`` table shows).
@@ -22,7 +23,7 @@ from qwenlayers.core.platform import Phase
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.errors import KernelError
 from qwenlayers.layer import decode, prefill
-from qwenlayers.model.generation import LayerTiming, summed_tasks
+from qwenlayers.model.generation import TIMED_FROM_CACHE, TIMED_HERE, LayerTiming, summed_tasks
 from qwenlayers.target import Target
 from qwenlayers.tensor_parallel import decode_tp, prefill_tp
 
@@ -60,8 +61,12 @@ class GoldenLane:
 
 @dataclass
 class PlatformLane:
-    """The layers on the platform: bf16, values from the platform's runs (on a sim, pypto's
-    interpreter), timing from the same runs' cost model. ``tp`` > 1 runs each layer
+    """The layers on the platform, bf16. Each layer's values come from a values-only run
+    (``timed=False``: on a sim pypto's compile stops at the tensor graph, whose interpreter gives
+    the values). The timing of each distinct program (a phase at one set of sequence lengths:
+    every layer of a pass has the same program, only its weights differ, and the cost model
+    reads no values) comes from one cost-model run (``values=False``), the first time the pass
+    needs it; later layers of the pass take that timing. ``tp`` > 1 runs each layer
     tensor-parallel as ``qwenlayers run --tp`` does."""
 
     cfg: Qwen3Config
@@ -72,37 +77,64 @@ class PlatformLane:
     cache: bool | None = None
     name: str = "platform"
     dtype: torch.dtype = torch.bfloat16
+    timed: dict[tuple[Any, ...], tuple[int, LayerTiming]] = field(default_factory=dict)  # program -> (layer, timing)
 
     @classmethod
     def new(cls, cfg: Qwen3Config, target: Target, tp: int, layers: int, batch: int, rows: int, progress: Progress,
             cache: bool | None = None) -> "PlatformLane":
         return cls(cfg, target, tp, _caches(cfg, layers, batch, rows, torch.bfloat16), progress, cache)
 
-    def run(self, phase: Phase, layer: int, w: LayerWeights, hidden: torch.Tensor,
-            seq_lens: torch.Tensor) -> tuple[torch.Tensor, LayerTiming]:
+    def _call(self, phase: Phase, layer: int, w16: LayerWeights, hidden: torch.Tensor, seq_lens: torch.Tensor,
+              **how: Any) -> Any:
         k, v = self.caches[layer]
-        w16 = w.to(torch.bfloat16)
-        common: dict[str, Any] = {"platform": self.target, "progress": self.progress}
-        result: Any
+        common: dict[str, Any] = {"platform": self.target, "progress": self.progress, **how}
         if self.tp > 1:
             if phase == "prefill":
-                result = prefill_tp(self.cfg, w16, hidden, seq_lens, tp=self.tp, k_cache=k, v_cache=v, **common)
-            else:
-                result = decode_tp(self.cfg, w16, hidden, k, v, seq_lens, tp=self.tp, **common)
-            report = result.report
-            tasks = summed_tasks(part.get("tasks") or {} for rank in report.ranks for part in (rank.attention, rank.mlp))
-            timing = LayerTiming(report.sim_us, tasks, max(float(r.attention.get("compile_s") or 0) + float(r.mlp.get("compile_s") or 0)
-                                                           for r in report.ranks), report.wall_s,
-                                 max(int(p.get("peak_rss_mb") or 0) for r in report.ranks for p in (r.attention, r.mlp)))
+                return prefill_tp(self.cfg, w16, hidden, seq_lens, tp=self.tp, k_cache=k, v_cache=v, **common)
+            return decode_tp(self.cfg, w16, hidden, k, v, seq_lens, tp=self.tp, **common)
+        if phase == "prefill":
+            return prefill(self.cfg, w16, hidden, seq_lens, k_cache=k, v_cache=v, **common)
+        return decode(self.cfg, w16, hidden, k, v, seq_lens, **common)
+
+    def _timing(self, phase: Phase, layer: int, w16: LayerWeights, hidden: torch.Tensor,
+                seq_lens: torch.Tensor) -> tuple[LayerTiming, str]:
+        """The pass's timing: its cost-model run at the first layer, that layer's after."""
+        key = (phase, tuple(int(n) for n in seq_lens), self.caches[layer][0].shape)
+        if key in self.timed:
+            first, timing = self.timed[key]
+            return timing, f"as layer {first + 1}"
+        r = self._call(phase, layer, w16, hidden, seq_lens, values=False, cache=self.cache).report
+        if self.tp > 1:
+            parts = [p for rank in r.ranks for p in (rank.attention, rank.mlp)]
+            timing = LayerTiming(r.sim_us, summed_tasks(p.get("tasks") or {} for p in parts),
+                                 max(float(rk.attention.get("compile_s") or 0) + float(rk.mlp.get("compile_s") or 0)
+                                     for rk in r.ranks), r.wall_s, max(int(p.get("peak_rss_mb") or 0) for p in parts))
+            cached = all(p.get("from_cache") for p in parts)
         else:
-            run_layer = prefill if phase == "prefill" else decode
-            kwargs = {"k_cache": k, "v_cache": v} if phase == "prefill" else {}
-            args = (hidden, seq_lens) if phase == "prefill" else (hidden, k, v, seq_lens)
-            result = run_layer(self.cfg, w16, *args, cache=self.cache, **kwargs, **common)
-            r = result.report
-            timing = LayerTiming(r.sim_us, dict(r.tasks), float(r.compile_s), float(r.wall_s), int(r.peak_rss_mb), bool(r.from_cache))
+            timing = LayerTiming(r.sim_us, dict(r.tasks), float(r.compile_s), float(r.wall_s), int(r.peak_rss_mb))
+            cached = bool(r.from_cache)
+        self.timed[key] = (layer, timing)
+        return timing, TIMED_FROM_CACHE if cached else TIMED_HERE
+
+    def run(self, phase: Phase, layer: int, w: LayerWeights, hidden: torch.Tensor,
+            seq_lens: torch.Tensor) -> tuple[torch.Tensor, LayerTiming]:
+        w16 = w.to(torch.bfloat16)
+        timing, source = self._timing(phase, layer, w16, hidden, seq_lens)
+        result = self._call(phase, layer, w16, hidden, seq_lens, timed=False)
+        r = result.report
+        if self.tp > 1:
+            values_compile = max(float(rk.attention.get("compile_s") or 0) + float(rk.mlp.get("compile_s") or 0)
+                                 for rk in r.ranks)
+            values_peak = max(int(p.get("peak_rss_mb") or 0) for rk in r.ranks for p in (rk.attention, rk.mlp))
+        else:
+            values_compile = sum(float(c.get("compile_s") or 0) for c in r.chunks)
+            values_peak = int(r.peak_rss_mb)
+        fresh = source == TIMED_HERE  # this layer paid for the cost-model run's compile
+        here = not source.startswith("as layer")  # this layer made the timing call (fresh or from the cache)
         out = result.out
         if out is None or not bool(torch.isfinite(out).all()):
             raise KernelError(f"layer {layer} {phase} on {self.target.name} gave non-finite outputs; the run stops here "
                               "(a NaN would pass silently through every later layer)")
-        return out, timing
+        return out, LayerTiming(timing.sim_us, timing.tasks, values_compile + (timing.compile_s if fresh else 0.0),
+                                float(r.wall_s) + (timing.wall_s if here else 0.0),
+                                max(values_peak, timing.peak_rss_mb if fresh else 0), source)

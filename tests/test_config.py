@@ -57,3 +57,24 @@ def test_as_config_forms():
     assert as_config("tiny") == c
     assert as_config(c.as_dict()) == c
     assert as_config(c.to_hf()).hidden_size == c.hidden_size
+
+
+@pytest.mark.parametrize("patch, allowed", [
+    ({"rope_scaling": None}, True),
+    ({"rope_scaling": {"rope_type": "default"}}, True),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}, True),
+    ({"use_sliding_window": False, "sliding_window": 4096}, True),  # Qwen3's own configs: a window named, not used
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, False),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, False),
+    ({"rope_scaling": {"rope_type": "default", "factor": 2.0}}, False),
+    ({"rope_scaling": "yarn"}, False),
+    ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}, False),
+    ({"use_sliding_window": True}, False),
+])
+def test_from_hf_refuses_position_schemes_the_layers_do_not_compute(patch, allowed):
+    hf = {**preset("tiny").to_hf(), **patch}
+    if allowed:
+        Qwen3Config.from_hf(hf)
+    else:
+        with pytest.raises(InputError, match="scaled RoPE|rope_scaling must be|use_sliding_window"):
+            Qwen3Config.from_hf(hf)

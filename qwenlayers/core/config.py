@@ -127,6 +127,10 @@ class Qwen3Config:
             raise InputError(f"config {origin} has hidden_act={data['hidden_act']!r}; Qwen3 layers use 'silu'")
         if data.get("attention_bias", False):
             raise InputError(f"config {origin} has attention_bias=true; Qwen3 projections have no bias")
+        if data.get("use_sliding_window", False):
+            raise InputError(f"config {origin} has use_sliding_window=true; the layers attend over the whole sequence "
+                             "(full causal attention, as every Qwen3 dense model is configured)")
+        _check_plain_rope(data, origin)
 
         error = _field_error(origin)
 
@@ -169,6 +173,26 @@ def _field_error(origin: str) -> type[InputError]:
     """A bad field of a config.json file is a corrupt checkpoint file (CheckpointError, still an
     InputError); of a dict, a bad argument (InputError)."""
     return InputError if origin == "<dict>" else CheckpointError
+
+
+#: RoPE variants the layers compute: plain rotary embeddings at rope_theta.
+PLAIN_ROPE_TYPES = (None, "default")
+
+
+def _check_plain_rope(data: Mapping[str, Any], origin: str) -> None:
+    """Refuse a scaled RoPE (YaRN, linear, dynamic, ...): the kernels and the golden rotate by
+    theta^(-2i/head_dim) at the token's position and nothing else, so a scaled model would run
+    with the wrong positions, silently."""
+    for key in ("rope_scaling", "rope_parameters"):
+        spec = data.get(key)
+        if not isinstance(spec, Mapping):
+            if spec is not None and key == "rope_scaling":
+                raise _field_error(origin)(f"config {origin}: rope_scaling must be null or an object, got {spec!r}")
+            continue
+        kind = spec.get("rope_type", spec.get("type"))
+        if kind not in PLAIN_ROPE_TYPES or (key == "rope_scaling" and set(spec) - {"rope_type", "type"}):
+            raise InputError(f"config {origin} has {key}={dict(spec)!r}: a scaled RoPE; the layers compute plain rotary "
+                             "embeddings only (rope_scaling null, rope_type 'default'), as Qwen3 ships")
 
 
 def _hf_rope_theta(data: Mapping[str, Any], origin: str) -> float:

@@ -47,13 +47,25 @@ def top2_margin(scores: torch.Tensor) -> list[float]:
     return [float(m) for m in top[:, 0] - top[:, 1]]
 
 
-#: A greedy choice is a near tie when the fp32 chain's top-2 margin is within this many standard
-#: deviations of the noise bf16 puts on the difference of two logits (per row: the RMS of the
-#: bf16 chain's logits minus the fp32 chain's, times sqrt 2 for a difference of two).
+#: Two tokens are a near tie when the fp32 chain's logits for them are within this many
+#: standard deviations of the noise bf16 puts on the difference of two logits (per row: the RMS
+#: of the bf16 chain's logits minus the fp32 chain's, times sqrt 2 for a difference of two).
 NEAR_TIE_SIGMAS = 3.0
 
 
-def near_ties(fp32: torch.Tensor, bf16: torch.Tensor) -> list[bool]:
-    """Per row: is the fp32 chain's choice close enough to call that bf16 rounding alone could flip it?"""
+def tie_bars(fp32: torch.Tensor, bf16: torch.Tensor) -> list[float]:
+    """Per row, the largest logit gap bf16 rounding alone could close: NEAR_TIE_SIGMAS sigma."""
     noise = (bf16 - fp32).pow(2).mean(dim=-1).sqrt() * 2**0.5
-    return [m <= NEAR_TIE_SIGMAS * float(n) for m, n in zip(top2_margin(fp32), noise)]
+    return [NEAR_TIE_SIGMAS * float(n) for n in noise]
+
+
+def gaps_to(scores: torch.Tensor, choices: Sequence[int]) -> list[float]:
+    """Per row, how far below the row's best logit the logit of ``choices[row]`` is (0: it is the best)."""
+    rows = torch.arange(scores.shape[0])
+    return [float(g) for g in scores.max(dim=-1).values - scores[rows, torch.tensor(list(choices))]]
+
+
+def near_ties(fp32: torch.Tensor, bf16: torch.Tensor) -> list[bool]:
+    """Per row: is the fp32 chain's best choice close enough to its second that bf16 rounding
+    alone could flip it? (The marker the tables show; the verdict asks of the token chosen.)"""
+    return [m <= bar for m, bar in zip(top2_margin(fp32), tie_bars(fp32, bf16))]

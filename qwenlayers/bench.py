@@ -29,7 +29,7 @@ from qwenlayers.inputs import cost_model_inputs, random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.calibration import calibrate
-from qwenlayers.runtime.paths import results_dir
+from qwenlayers.runtime.paths import results_dir, writable_dir
 from qwenlayers.target import Target, resolve_target
 
 
@@ -90,8 +90,7 @@ def run_bench(
     cfg = as_config(model)
     # a cost-model point does not read values: zeros cost nothing to make (32B's random weights took 6 s)
     weights = LayerWeights.random(cfg, seed=seed) if check else LayerWeights.zeros(cfg)
-    out_dir = results or default_results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(results or default_results_dir(), "results folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     points: list[BenchPoint] = []
     total = len(platforms) * len(budgets) * len(batches) * len(seq_lens)

@@ -124,8 +124,8 @@ def _no_layer_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*_a, **_k):
         raise AssertionError("a layer ran")
 
-    monkeypatch.setattr(lanes, "prefill", boom)
-    monkeypatch.setattr(lanes, "decode", boom)
+    for name in ("prefill", "decode", "prefill_tp", "decode_tp"):
+        monkeypatch.setattr(lanes, name, boom)
 
 
 def test_not_a_qwen3_checkpoint(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,12 +170,111 @@ def test_missing_or_misshapen_tensor_is_named(checkpoints: dict[str, Path], tmp_
     ([[1] * 40], 30, 64, r"needs 70 cache rows, more than max_seq=64.*at most 24 steps"),
     ([[1] * 500], 20, None, r"needs 520 positions, over the model's max_position_embeddings 512"),
     ([[1, 2]], -1, None, r"steps=-1"),
+    ([[1, True]], 1, None, r"token 1 is True; token ids are ints"),
+    ("1,2,3", 1, None, r"at least one prompt of token ids"),
+    (torch.tensor([[1, 2.0]]), 1, None, r"token 0 is 1.0; token ids are ints"),
+    (torch.tensor([[1, 400]]), 1, None, r"token 1 is 400, outside the vocabulary"),
 ])
 def test_bad_prompts_and_sizes_refused_before_any_work(checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                         prompts, steps, max_seq, message) -> None:
     _no_layer_runs(monkeypatch)
     with pytest.raises(InputError, match=message):
         generate(checkpoints["hd64-gqa2-tied"], prompts, steps=steps, max_seq=max_seq)
+
+
+def test_tensor_and_array_prompts_are_taken_as_token_ids(checkpoints: dict[str, Path]) -> None:
+    import numpy as np
+
+    from qwenlayers.model.generate import _prompts
+
+    shape = Qwen3Checkpoint.open(checkpoints["hd64-gqa2-tied"]).shape
+    want = [[1, 2, 3], [4, 5, 6]]
+    for given in (torch.tensor(want), np.array(want), [torch.tensor(r) for r in want], [[np.int64(i) for i in r] for r in want]):
+        assert _prompts(given, shape) == want
+
+
+def _edit_config(src: Path, dst: Path, **fields) -> Path:
+    folder = _copy(src, dst)
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in fields.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model_type": "qwen3_moe"}, r"model_type='qwen3_moe'"),
+    ({"num_hidden_layers": None}, r"lacks num_hidden_layers"),
+    ({"vocab_size": None}, r"lacks vocab_size"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}, r"scaled RoPE"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}}, r"scaled RoPE"),
+    ({"use_sliding_window": True}, r"use_sliding_window=true"),
+    ({"tie_word_embeddings": "yes"}, r"tie_word_embeddings must be true or false"),
+])
+def test_config_fields_the_layers_cannot_honour_are_refused(checkpoints: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, fields, message) -> None:
+    _no_layer_runs(monkeypatch)
+    folder = _edit_config(checkpoints["hd64-gqa2-tied"], tmp_path / "edited", **fields)
+    with pytest.raises(InputError, match=message):
+        generate(folder, [[1, 2]], steps=1)
+
+
+def test_a_config_without_max_position_embeddings_gets_transformers_default(checkpoints: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    folder = _edit_config(checkpoints["hd64-gqa2-tied"], tmp_path / "edited", max_position_embeddings=None)
+    assert Qwen3Checkpoint.open(folder).shape.max_positions == HFConfig().max_position_embeddings == 32768
+
+
+def test_a_tensor_stored_in_an_unsupported_dtype_is_refused(checkpoints: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_layer_runs(monkeypatch)
+    folder = _copy(checkpoints["hd64-gqa2-tied"], tmp_path / "int8")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.weight"] = tensors["model.layers.0.self_attn.q_proj.weight"].to(torch.int8)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"q_proj.weight has dtype I8; allowed: BF16, F16, F32"):
+        generate(folder, [[1, 2]], steps=1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("missing", r"names model-\d+-of-\d+.safetensors, but .* does not exist; the checkpoint is incomplete"),
+    ("outside", r"to '\.\./elsewhere.safetensors', outside the checkpoint folder"),
+])
+def test_a_broken_index_is_refused(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   edit, message) -> None:
+    _no_layer_runs(monkeypatch)
+    folder = _copy(checkpoints["hd128-gqa8-untied-sharded"], tmp_path / "index")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    if edit == "missing":
+        (folder / shards[-1]).unlink()
+    else:
+        first = next(iter(index["weight_map"]))
+        index["weight_map"][first] = "../elsewhere.safetensors"
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match=message):
+        generate(folder, [[1, 2]], steps=1)
+
+
+@pytest.mark.parametrize("tp, message", [(0, r"tp=0"), (-2, r"tp=-2"), (3, r"tp=3")])
+def test_a_tensor_parallel_degree_the_model_cannot_split_is_refused_first(checkpoints: dict[str, Path],
+                                                                          monkeypatch: pytest.MonkeyPatch, tp, message) -> None:
+    _no_layer_runs(monkeypatch)
+    with pytest.raises(InputError, match=message):
+        generate(checkpoints["hd64-gqa2-tied"], [[1, 2]], steps=1, tp=tp)
+
+
+def test_cli_refuses_a_results_folder_it_cannot_write_before_the_run(checkpoints: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_layer_runs(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = CliRunner().invoke(app, ["generate", "--weights", str(checkpoints["hd64-gqa2-tied"]), "--prompt-ids", "1,2",
+                                   "--results", str(blocker / "results")])
+    assert res.exit_code == 2 and "results folder" in res.output and "cannot be written" in res.output, res.output
 
 
 def test_cli_bad_input_exit_2(checkpoints: dict[str, Path], tmp_path: Path) -> None:
@@ -193,9 +292,12 @@ def test_cli_bad_input_exit_2(checkpoints: dict[str, Path], tmp_path: Path) -> N
 def test_verdict_fails_on_drift_over_the_bar_and_on_a_real_token_disagreement() -> None:
     fine = LayerDrift(0, 0, 1e-3, 4e-3, 1e-3, 4e-3)
     over = LayerDrift(1, 3, 1.0, DRIFT_FACTOR * 4e-3 + DRIFT_FLOOR + 1e-4, 1e-3, 4e-3)
-    agree = StepTokens(0, [5], [5], [5], [5], [0.5], [False])
-    flip_at_tie = StepTokens(1, [5], [6], [5], [6], [1e-4], [True])
-    flip = StepTokens(2, [5], [6], [6], [6], [0.5], [False])
+    #          step platform fp32 bf16 transformers margin near_tie tie_bar fp32_gap transformers_gap
+    agree = StepTokens(0, [5], [5], [5], [5], [0.5], [False], [0.01], [0.0], [0.0])
+    flip_at_tie = StepTokens(1, [5], [6], [5], [6], [1e-4], [True], [0.01], [1e-4], [2e-4])
+    flip = StepTokens(2, [5], [6], [6], [6], [0.5], [False], [0.01], [0.5], [0.5])
+    # the reference's top two were a near tie, but the platform's token is far below both
+    far_at_a_tie = StepTokens(3, [9], [6], [7], [6], [1e-4], [True], [0.01], [2.0], [1.9])
 
     def gen(drift, checks) -> Generation:
         return Generation("m", "p", 1, 4, [[1]], [[5, 5, 5]], [], 0.0, True, checks, drift, "x")
@@ -205,17 +307,23 @@ def test_verdict_fails_on_drift_over_the_bar_and_on_a_real_token_disagreement() 
     assert bad.ok is False and "step 1, layer 3: platform drift" in bad.failures()[0]
     bad = gen([fine], [agree, flip])
     assert bad.ok is False and "step 2, sequence 0: platform chose 5, golden fp32 6" in bad.failures()[0]
+    assert flip_at_tie.excused() == [0] and flip.excused() == []
+    bad = gen([fine], [far_at_a_tie])
+    assert bad.ok is False and [f.split(":")[0] for f in bad.failures()] == ["step 3, sequence 0"] * 2  # fp32 and transformers
+    assert far_at_a_tie.excused() == []
     unchecked = Generation("m", "p", 1, 4, [[1]], [[5]], [], 0.0)
     assert unchecked.ok is None
 
 
 def test_a_near_tie_is_a_margin_within_bf16_logit_noise() -> None:
-    from qwenlayers.model.host import near_ties
+    from qwenlayers.model.host import gaps_to, near_ties, tie_bars
 
     fp32 = torch.tensor([[1.0, 0.9, 0.0, 0.2], [1.0, 0.0, 0.0, 0.2]])
     shift = 0.05 * torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS 0.05: a difference of two logits moves by ~0.07
     assert near_ties(fp32, fp32 + shift) == [True, False]  # margin 0.1 is within 3 sigma (0.21); 0.8 is not
     assert near_ties(fp32, fp32) == [False, False]  # no noise: nothing is a tie unless exactly equal
+    assert tie_bars(fp32, fp32 + shift) == pytest.approx([3 * 0.05 * 2**0.5] * 2)
+    assert gaps_to(fp32, [1, 3]) == pytest.approx([0.1, 0.8])  # how far below each row's best the chosen token is
 
 
 def test_the_readme_generate_lines_run_as_written(runnable_platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

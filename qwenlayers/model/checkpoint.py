@@ -40,6 +40,8 @@ FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head.weight"
 #: ``model_type`` values this reads: dense Qwen3 only (``qwen3_moe`` has other layers).
 MODEL_TYPES = ("qwen3",)
+#: transformers' Qwen3Config default, for a config.json that does not say
+DEFAULT_MAX_POSITIONS = 32768
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,15 @@ def _model_shape(root: Path, data: Mapping[str, Any], max_seq: int) -> ModelShap
             raise CheckpointError(f"config {origin} lacks {key}; a whole-model Qwen3 config.json has it")
     layers = _check_size(f"config {origin}: num_hidden_layers", data["num_hidden_layers"], CheckpointError)
     vocab = _check_size(f"config {origin}: vocab_size", data["vocab_size"], CheckpointError)
-    positions = _check_size(f"config {origin}: max_position_embeddings", data.get("max_position_embeddings", 40960),
-                            CheckpointError)
+    positions = _check_size(f"config {origin}: max_position_embeddings",
+                            data.get("max_position_embeddings", DEFAULT_MAX_POSITIONS), CheckpointError)
+    tied = data.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise CheckpointError(f"config {origin}: tie_word_embeddings must be true or false, got {tied!r}")
     label = data.get("_name_or_path")
     name = label if isinstance(label, str) and label else root.name
     layer = load_config(root, name=name).with_max_seq(max_seq)
-    return ModelShape(layer, layers, vocab, bool(data.get("tie_word_embeddings", False)), positions)
+    return ModelShape(layer, layers, vocab, tied, positions)
 
 
 def _expected(shape: ModelShape) -> dict[str, tuple[int, ...]]:

@@ -17,20 +17,23 @@ plus the steps, the platform.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from qwenlayers.core.platform import Phase, Platform
-from qwenlayers.errors import InputError
+from qwenlayers.core.sharding import check_tp
+from qwenlayers.errors import CheckpointError, InputError
 from qwenlayers.model.checkpoint import ModelShape, Qwen3Checkpoint
 from qwenlayers.model.generation import Generation, LayerDrift, LayerTiming, StepTiming, StepTokens
-from qwenlayers.model.host import embed_prompts, embed_tokens, greedy, logits, near_ties, top2_margin
+from qwenlayers.model.host import embed_prompts, embed_tokens, gaps_to, greedy, logits, near_ties, tie_bars, top2_margin
 from qwenlayers.model.lanes import GoldenLane, PlatformLane
-from qwenlayers.model.transformers_check import transformers_choices, transformers_version
+from qwenlayers.model.transformers_check import transformers_choices, transformers_probe
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.target import Target, resolve_target
 
@@ -39,22 +42,36 @@ Progress = Callable[[str], None]
 CACHE_ROW_QUANTUM = 64
 
 
-def _prompts(prompt_ids: Sequence[Sequence[int]], shape: ModelShape) -> list[list[int]]:
-    if isinstance(prompt_ids, (str, bytes)) or not prompt_ids:
-        raise InputError("give at least one prompt of token ids, e.g. prompt_ids=[[1, 2, 3], [4, 5]] "
-                         "(CLI: --prompt-ids 1,2,3 --prompt-ids 4,5)")
+def _ids(p: object) -> object:
+    """A tensor or array row as a plain list (a batch may be given as a 2-D tensor or array)."""
+    return p.tolist() if hasattr(p, "tolist") and not isinstance(p, (str, bytes)) else p
+
+
+def _prompts(prompt_ids: object, shape: ModelShape) -> list[list[int]]:
+    """The prompts as lists of ints, checked against the vocabulary. A list of lists, a list of
+    1-D tensors or arrays, or a 2-D tensor or array (equal lengths) are taken; ids may be any
+    integer type (numpy and torch ints included), never a bool or a float."""
+    batch = _ids(prompt_ids)
+    if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence) or len(batch) == 0:
+        raise InputError(f"prompt_ids={prompt_ids!r:.80}; give at least one prompt of token ids, e.g. "
+                         "prompt_ids=[[1, 2, 3], [4, 5]] (CLI: --prompt-ids 1,2,3 --prompt-ids 4,5)")
     prompts: list[list[int]] = []
-    for b, p in enumerate(prompt_ids):
+    for b, row in enumerate(batch):
+        p = _ids(row)
         if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) == 0:
-            raise InputError(f"prompt {b} is {p!r}; each prompt is a non-empty list of token ids")
+            raise InputError(f"prompt {b} is {row!r:.80}; each prompt is a non-empty list of token ids")
         ids = []
         for i, t in enumerate(p):
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise InputError(f"prompt {b} token {i} is {t!r}; token ids are ints")
-            if not 0 <= t < shape.vocab_size:
-                raise InputError(f"prompt {b} token {i} is {t}, outside the vocabulary: ids 0..{shape.vocab_size - 1} "
+            try:
+                if isinstance(t, (bool, float)):
+                    raise TypeError
+                tid = operator.index(t)
+            except TypeError:
+                raise InputError(f"prompt {b} token {i} is {t!r}; token ids are ints") from None
+            if not 0 <= tid < shape.vocab_size:
+                raise InputError(f"prompt {b} token {i} is {tid}, outside the vocabulary: ids 0..{shape.vocab_size - 1} "
                                  f"(vocab_size {shape.vocab_size})")
-            ids.append(int(t))
+            ids.append(tid)
         prompts.append(ids)
     return prompts
 
@@ -106,7 +123,7 @@ def _last_rows(hidden: torch.Tensor, lens: list[int], phase: Phase) -> torch.Ten
 
 def generate(
     weights: str | Path | Qwen3Checkpoint,
-    prompt_ids: Sequence[Sequence[int]],
+    prompt_ids: Sequence[Sequence[int]] | Any,
     *,
     steps: int = 4,
     platform: str | Platform | Target | None = None,
@@ -133,6 +150,12 @@ def generate(
     ckpt = replace(ckpt, shape=replace(ckpt.shape, layer=ckpt.shape.layer.with_max_seq(rows)))
     shape, cfg = ckpt.shape, ckpt.shape.layer
     target = resolve_target(platform, budgets=budgets, registry=registry)
+    if tp > 1:  # refused now, not at the first layer: heads that do not split, a target with no collective backend
+        check_tp(cfg, tp)
+        target.backend_for_tp()
+    version, why_not = transformers_probe(ckpt.root) if check else (None, "")
+    if why_not:
+        say(why_not)
     host = ckpt.host()
     host = replace(host, lm_head=host.lm_head.float())  # widened once: logits.float() is then free per chain and step
     batch, lens, n_layers = len(prompts), [len(p) for p in prompts], shape.num_layers
@@ -172,13 +195,17 @@ def generate(
         for b, t in enumerate(chosen):
             tokens[b].append(t)
         if goldens:
-            token_checks.append(StepTokens(step, chosen, greedy(scores["fp32"]), greedy(scores["bf16"]), None,
-                                           top2_margin(scores["fp32"]), near_ties(scores["fp32"], scores["bf16"])))
-    version = transformers_version() if check else None
+            fp32, bf16 = scores["fp32"], scores["bf16"]
+            token_checks.append(StepTokens(step, chosen, greedy(fp32), greedy(bf16), None, top2_margin(fp32),
+                                           near_ties(fp32, bf16), tie_bars(fp32, bf16), gaps_to(fp32, chosen)))
     if version is not None:
         say("transformers' own greedy choices (fp32)")
-        theirs = transformers_choices(ckpt.root, prompts, tokens)
-        token_checks = [StepTokens(t.step, t.platform, t.golden_fp32, t.golden_bf16, theirs[t.step], t.fp32_margin, t.near_tie)
-                        for t in token_checks]
+        try:
+            theirs, their_gaps = transformers_choices(ckpt.root, prompts, tokens)
+        except CheckpointError as exc:  # the run is done: keep it, say what is missing
+            version, why_not = None, str(exc)
+            say(why_not)
+        else:
+            token_checks = [replace(t, transformers=theirs[t.step], transformers_gap=their_gaps[t.step]) for t in token_checks]
     return Generation(cfg.name, target.name, tp, n_layers, prompts, tokens, timings, round(time.perf_counter() - started, 2),
-                      check, token_checks, drift, version)
+                      check, token_checks, drift, version, why_not or None)

@@ -76,6 +76,19 @@ def results_dir(kind: str) -> Path:
     return Path(platformdirs.user_data_dir("qwenlayers")) / kind
 
 
+def writable_dir(path: Path, what: str) -> Path:
+    """``path`` created if missing and checked writable, before any work goes into results that
+    could not be kept; an OSError becomes an InputError saying which folder and why."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".qwenlayers-probe-", dir=path):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be written ({exc.strerror or exc}); pass a folder you can write "
+                         "(--results DIR)") from None
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` so a reader sees the old or the new text, never a part (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -341,3 +341,19 @@ def test_the_readme_generate_lines_run_as_written(runnable_platform, tmp_path: P
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "check: PASS" in res.output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layers": 0}, r"layers must be a positive integer"),
+    ({"vocab_size": 2.5}, r"vocab_size must be a positive integer"),
+    ({"shard_layers": -1}, r"shard_layers must be a positive integer"),
+    ({"tied": "no"}, r"tied='no'"),
+])
+def test_a_random_checkpoint_refuses_sizes_that_are_not_sizes(tmp_path: Path, kwargs, message) -> None:
+    from qwenlayers.core.config import preset
+    from qwenlayers.model.synthetic import write_random_checkpoint
+
+    args = {"layers": 2, "vocab_size": 64, **kwargs}
+    with pytest.raises(InputError, match=message):
+        write_random_checkpoint(tmp_path / "ckpt", preset("tiny"), **args)
+    assert not (tmp_path / "ckpt").exists()

@@ -25,7 +25,7 @@ _CONSTANT_RULES = {
 }
 
 
-def _check_size(what: str, value: object, error: type[InputError] = InputError) -> int:
+def check_size(what: str, value: object, error: type[InputError] = InputError) -> int:
     """A size is a positive int: no bool (a Python int subclass), no float, no numeric string,
     no null; coercing any of those would hide a broken config behind a plausible shape."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -60,7 +60,7 @@ class Qwen3Config:
         if not isinstance(self.name, str) or not self.name:
             raise InputError(f"Qwen3Config.name must be a non-empty str, got {self.name!r}")
         for f in SIZE_FIELDS:
-            _check_size(f"Qwen3Config.{f}", getattr(self, f))
+            check_size(f"Qwen3Config.{f}", getattr(self, f))
         for f in CONSTANT_FIELDS:
             # an int theta (HF writes 1000000) is the same number: stored as float so keys and JSON agree
             object.__setattr__(self, f, _check_constant(f"Qwen3Config.{f}", f, getattr(self, f)))
@@ -135,7 +135,7 @@ class Qwen3Config:
         error = _field_error(origin)
 
         def size(key: str, default: int | None = None) -> int:
-            return _check_size(f"config {origin}: {key}", data[key] if key in data or default is None else default, error)
+            return check_size(f"config {origin}: {key}", data[key] if key in data or default is None else default, error)
 
         hidden, heads = size("hidden_size"), size("num_attention_heads")
         label = data.get("_name_or_path")

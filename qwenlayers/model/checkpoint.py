@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from qwenlayers.core.config import Qwen3Config, _check_size
+from qwenlayers.core.config import Qwen3Config, check_size
 from qwenlayers.core.weights import (
     CONFIG_FILE,
     INDEX_FILE,
@@ -103,9 +103,9 @@ def _model_shape(root: Path, data: Mapping[str, Any], max_seq: int) -> ModelShap
     for key in ("num_hidden_layers", "vocab_size"):
         if key not in data:
             raise CheckpointError(f"config {origin} lacks {key}; a whole-model Qwen3 config.json has it")
-    layers = _check_size(f"config {origin}: num_hidden_layers", data["num_hidden_layers"], CheckpointError)
-    vocab = _check_size(f"config {origin}: vocab_size", data["vocab_size"], CheckpointError)
-    positions = _check_size(f"config {origin}: max_position_embeddings",
+    layers = check_size(f"config {origin}: num_hidden_layers", data["num_hidden_layers"], CheckpointError)
+    vocab = check_size(f"config {origin}: vocab_size", data["vocab_size"], CheckpointError)
+    positions = check_size(f"config {origin}: max_position_embeddings",
                             data.get("max_position_embeddings", DEFAULT_MAX_POSITIONS), CheckpointError)
     tied = data.get("tie_word_embeddings", False)
     if not isinstance(tied, bool):

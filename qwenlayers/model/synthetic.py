@@ -14,13 +14,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.config import Qwen3Config, check_size
 from qwenlayers.core.weights import CONFIG_FILE, INDEX_FILE, LAYER_PREFIX, LayerWeights
+from qwenlayers.errors import InputError
 from qwenlayers.model.checkpoint import EMBED, FINAL_NORM, LM_HEAD
 
 
 def write_random_checkpoint(path: str | Path, config: Qwen3Config, *, layers: int, vocab_size: int, tied: bool = True,
                             seed: int = 0, shard_layers: int = 4) -> Path:
+    """Write the checkpoint into ``path`` (created); returns it. Sizes are ints >= 1 (InputError)."""
+    for label, value in (("layers", layers), ("vocab_size", vocab_size), ("shard_layers", shard_layers)):
+        check_size(label, value)
+    if not isinstance(tied, bool):
+        raise InputError(f"tied={tied!r}; tied is True (lm_head is the embeddings) or False")
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     hf = {**config.to_hf(), "num_hidden_layers": layers, "vocab_size": vocab_size, "tie_word_embeddings": tied,

@@ -13,6 +13,7 @@ import torch
 
 from qwenlayers.core import contract
 from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.paged import PagedLayout, gather
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.sharding import check_tp, shard_config
 from qwenlayers.core.tiling import TilingPlan
@@ -40,6 +41,8 @@ class LayerCall:
     target: Target
     plan: TilingPlan  # a TP call: the shard's plan
     schedule: str = "fused"
+    block_table: torch.Tensor | None = None  # paged caches: k_cache/v_cache are block pools (core.paged)
+    paged: PagedLayout | None = None
 
 
 def check_timed(values: bool, timed: bool) -> None:
@@ -65,6 +68,7 @@ def prepare_call(
     allow_nonfinite: bool,
     schedule: str = "fused",
     tp: int = 1,
+    block_table: torch.Tensor | None = None,
 ) -> LayerCall:
     """Check everything a ``phase`` call was given and resolve what it runs on and with.
 
@@ -74,7 +78,20 @@ def prepare_call(
     if schedule not in SCHEDULES:
         raise InputError(f"schedule={schedule!r}; allowed: {', '.join(SCHEDULES)}")
     cfg = as_config(config)
-    if phase == "decode":
+    paged: PagedLayout | None = None
+    if block_table is not None:
+        if schedule != "fused":
+            raise InputError(f"the reference schedule uses contiguous caches only; a paged {phase} runs schedule='fused'")
+        if k_cache is None or v_cache is None:
+            raise InputError(f"a paged {phase} needs both pools, k_cache and v_cache [num_blocks, KVH, BLOCK, D]")
+        if phase == "decode":
+            lens, paged = contract.check_decode_paged(cfg, hidden, k_cache, v_cache, block_table, seq_lens,
+                                                      dtypes=(torch.bfloat16,), contiguous=True)
+        else:
+            lens, paged = contract.check_prefill_paged(cfg, hidden, k_cache, v_cache, block_table, seq_lens,
+                                                       dtypes=(torch.bfloat16,), contiguous=True)
+        max_seq = paged.max_blocks * paged.block
+    elif phase == "decode":
         lens = contract.check_decode(cfg, hidden, k_cache, v_cache, seq_lens, dtypes=(torch.bfloat16,), contiguous=True)
         max_seq = k_cache.shape[2]  # type: ignore[union-attr]  # checked above
     else:
@@ -85,8 +102,16 @@ def prepare_call(
                    if k_cache is not None else cfg.max_seq)
         lens = contract.check_prefill(cfg, hidden, seq_lens, max_seq, dtypes=(torch.bfloat16,), contiguous=True)
     w = LayerWeights.coerce(weights, cfg)
-    contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
-                             allow_nonfinite=allow_nonfinite)
+    if paged is not None and k_cache is not None and v_cache is not None and block_table is not None:
+        contract.check_disjoint({"hidden": hidden, "k_cache": k_cache, "v_cache": v_cache, "seq_lens": seq_lens,
+                                 "block_table": block_table}, w.tensors)
+        # the rows each sequence reads, gathered: the same finiteness rule as contiguous caches
+        logical = (gather(k_cache, block_table, lens, paged.block), gather(v_cache, block_table, lens, paged.block))
+        contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=logical[0], v_cache=logical[1],
+                                 allow_nonfinite=allow_nonfinite)
+    else:
+        contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
+                                 allow_nonfinite=allow_nonfinite)
     run_cfg = cfg.with_max_seq(max_seq)
     if tp > 1:
         check_tp(run_cfg, tp)
@@ -94,8 +119,10 @@ def prepare_call(
     target = resolve_target(platform, budgets=budgets, registry=reg)
     if tp > 1:
         target.backend_for_tp()
-    the_plan = resolve_plan(reg, target.platform, shard_config(run_cfg, tp) if tp > 1 else run_cfg, phase, plan, lens)
+    the_plan = resolve_plan(reg, target.platform, shard_config(run_cfg, tp) if tp > 1 else run_cfg, phase, plan, lens,
+                            paged_block=paged.block if paged else 0)
     if k_cache is None or v_cache is None:
         shape = (len(lens), cfg.num_key_value_heads, max_seq, cfg.head_dim)
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
-    return LayerCall(phase, cfg, run_cfg, w, hidden, seq_lens, lens, k_cache, v_cache, target, the_plan, schedule)
+    return LayerCall(phase, cfg, run_cfg, w, hidden, seq_lens, lens, k_cache, v_cache, target, the_plan, schedule,
+                     block_table, paged)

@@ -21,12 +21,14 @@ from qwenlayers.call import LayerCall, check_timed, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
+from qwenlayers.core.paged import compact, gather, written_slots
 from qwenlayers.core.platform import Platform
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
+from qwenlayers.errors import InputError
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.reports import LayerReport, build_report, check_against_golden, chunk_summary
-from qwenlayers.runtime.cache_rows import Written, collect_spans, trimmed, write_back
+from qwenlayers.runtime.cache_rows import collect_slots, collect_spans, trimmed, write_back, write_back_slots
 from qwenlayers.runtime.chunking import (
     Chunk,
     DecodeSplit,
@@ -222,17 +224,30 @@ def _cost_model_only(call: LayerCall, whole: WorkerResult) -> LayerResult:
 NOT_TIMED = "not timed (timed=False: values only, no cost model)"
 
 
-def _finish(call: LayerCall, runs: _Runs, out: torch.Tensor, written: list[Written], timing: dict[str, Any],
+def _logical_caches(call: LayerCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caches as the golden reads them: the caller's, or a paged call's rows gathered
+    through its table (core.paged.gather)."""
+    if call.paged is None or call.block_table is None:
+        return call.k_cache, call.v_cache
+    block = call.paged.block
+    return (gather(call.k_cache, call.block_table, call.lens, block), gather(call.v_cache, call.block_table, call.lens, block))
+
+
+def _finish(call: LayerCall, runs: _Runs, out: torch.Tensor, written: list[Any], timing: dict[str, Any],
             timing_from: str, wall_total: float, check: bool, say: Progress) -> LayerResult:
-    """Write back the documented cache rows (every worker succeeded), build the report, check."""
-    before = (call.k_cache.clone(), call.v_cache.clone()) if check else None
-    write_back(call.k_cache, call.v_cache, written)
+    """Write back the documented cache rows or paged slots (every worker succeeded), build the
+    report, check."""
+    before = tuple(c.clone() for c in _logical_caches(call)) if check else None
+    if call.paged is not None:
+        write_back_slots(call.k_cache, call.v_cache, written)
+    else:
+        write_back(call.k_cache, call.v_cache, written)
     report = build_report(call.phase, call.target, call.config, call.lens, call.plan, timing, timing_from, runs.reports,
                           runs.summaries, wall_total, runs.kept_dir, call.schedule)
     if before is not None:
         say(f"golden {call.phase}")
         check_against_golden(report, call.phase, call.config, call.weights, call.hidden, call.seq_lens, call.lens, before,
-                             out, (call.k_cache, call.v_cache))
+                             out, _logical_caches(call))
     return LayerResult(out, report, call.k_cache, call.v_cache)
 
 
@@ -257,6 +272,7 @@ def decode(
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
     cache: bool | None = None,
+    block_table: torch.Tensor | None = None,
 ) -> LayerResult:
     """One decode step of one Qwen3 layer on a platform.
 
@@ -285,6 +301,11 @@ def decode(
     which is what ``qwenlayers bench`` compares against. It is one program, so a checked run
     of it is limited to sizes where one batch chunk runs the whole layer.
 
+    ``block_table`` (int32 [B, max_blocks]) makes k_cache/v_cache block pools [num_blocks, KVH,
+    BLOCK, D] (:mod:`qwenlayers.core.paged`): the new row goes to the block and slot
+    ``seq_lens[b]-1`` maps to, the attention reads the sequence's blocks in table order, and
+    every other slot of the pools stays bit-identical. KV_BLOCK is then the block size.
+
     Refused before any work (``InputError``, nothing changed): an empty batch, arguments that
     share memory, and a NaN or Inf in hidden, a weight or a cache row the attention reads
     (rows 0..seq_len-2; rows past seq_len may hold anything). ``allow_nonfinite=True`` runs
@@ -293,18 +314,25 @@ def decode(
     say = progress or (lambda _msg: None)
     check_timed(values, timed)
     call = prepare_call("decode", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
-                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule)
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule,
+                        block_table=block_table)
     lens, run_cfg, the_plan = call.lens, call.run_config, call.plan
     st = the_plan.attention_block  # cache rows travel in whole attention iterations
     packed = packing.pack_layer(call.weights)
     cos, sin = packing.rope_rows(torch.tensor(lens) - 1, run_cfg.head_dim, run_cfg.rope_theta)
+    pooled: dict[int, Any] = {}  # a paged chunk's compact pools, by its first batch row
 
     def job_for(sl: slice, part: str = "layer") -> tuple[DecodeJob, torch.Tensor, torch.Tensor]:
-        rows = cache_rows_needed(lens[sl], st)
-        kc, vc = trimmed(k_cache[sl], rows), trimmed(v_cache[sl], rows)
+        table = None
+        if call.paged is not None and block_table is not None:  # the blocks the chunk reaches, renumbered (core.paged.compact)
+            pools = pooled[sl.start or 0] = compact(k_cache, v_cache, block_table[sl], lens[sl], call.paged.block)
+            kc, vc, table = pools.k, pools.v, pools.table
+        else:
+            rows = cache_rows_needed(lens[sl], st)
+            kc, vc = trimmed(k_cache[sl], rows), trimmed(v_cache[sl], rows)
         return DecodeJob(run_cfg, the_plan, hidden[sl].contiguous(), packed, cos[sl].contiguous(), sin[sl].contiguous(),
                          kc, vc, torch.tensor(lens[sl], dtype=torch.int32), part=part, schedule=schedule,
-                         tilelet_bytes=call.target.platform.budgets.tilelet_bytes), kc, vc
+                         tilelet_bytes=call.target.platform.budgets.tilelet_bytes, block_table=table), kc, vc
 
     def whole_batch_cost_model_run() -> WorkerResult:
         what = f"whole-batch cost-model run ({len(lens)} sequences, no values)"
@@ -322,7 +350,7 @@ def decode(
     if split is None:
         return _cost_model_only(call, whole_batch_cost_model_run())
     out = torch.empty_like(hidden)
-    written: list[Written] = []
+    written: list[Any] = []  # Written rows, or WrittenSlot for a paged call
     runs = _Runs(call.target, say, verify_passes, cache, timed=timed and single)  # else their timing is not the call's
     for n, chunk in enumerate(split.chunks, 1):
         sl = slice(chunk.start, chunk.stop)
@@ -332,7 +360,12 @@ def decode(
             f"cache rows {kc.shape[2]}")
         o = runs.run(f"{split.part} rows {chunk.start}..{chunk.stop - 1}", job, chunk.estimate_bytes, part,
                      keep=keep and single).outputs
-        collect_spans("decode", (kc, vc), o, [(n_tok - 1, n_tok) for n_tok in part], chunk.start, written)
+        if call.paged is not None:
+            pools = pooled[chunk.start]
+            slots = [s for seq in written_slots("decode", part, pools.table, call.paged.block) for s in seq]
+            collect_slots("decode", (kc, vc), o, slots, pools.ids, written)
+        else:
+            collect_spans("decode", (kc, vc), o, [(n_tok - 1, n_tok) for n_tok in part], chunk.start, written)
         out[sl] = o["out"]  # the layer output, or the first residual when the MLP runs apart
     if split.part == "to_residual":
         out = _mlp_in_shards(runs, run_cfg, the_plan, packed, out, split)
@@ -366,6 +399,7 @@ def prefill(
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
     cache: bool | None = None,
+    block_table: torch.Tensor | None = None,
 ) -> LayerResult:
     """Causal prefill of one Qwen3 layer on a platform.
 
@@ -388,7 +422,8 @@ def prefill(
     say = progress or (lambda _msg: None)
     check_timed(values, timed)
     call = prepare_call("prefill", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
-                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule)
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, schedule=schedule,
+                        block_table=block_table)
     lens, run_cfg, the_plan, batch = call.lens, call.run_config, call.plan, len(call.lens)
     st = the_plan.attention_block  # cache rows travel in whole attention iterations
     split: PrefillSplit | None = None
@@ -404,13 +439,20 @@ def prefill(
     packed = packing.pack_layer(call.weights)
     out = torch.zeros_like(hidden)
 
+    pooled: dict[int, Any] = {}  # a paged chunk's compact pools, by its first sequence
+
     def job_for(start: int, stop: int) -> tuple[PrefillJob, torch.Tensor, torch.Tensor]:
         part = lens[start:stop]
         x = torch.cat([hidden[b, :n] for b, n in zip(range(start, stop), part)])
         cos, sin = packing.rope_rows(torch.cat([torch.arange(n) for n in part]), run_cfg.head_dim, run_cfg.rope_theta)
-        rows = cache_rows_needed(part, st)
-        kc, vc = trimmed(call.k_cache[start:stop], rows), trimmed(call.v_cache[start:stop], rows)
-        return PrefillJob(run_cfg, the_plan, x, packed, cos, sin, kc, vc, part, schedule=schedule), kc, vc
+        table = None
+        if call.paged is not None and call.block_table is not None:  # the blocks the chunk writes, renumbered
+            pools = pooled[start] = compact(call.k_cache, call.v_cache, call.block_table[start:stop], part, call.paged.block)
+            kc, vc, table = pools.k, pools.v, pools.table
+        else:
+            rows = cache_rows_needed(part, st)
+            kc, vc = trimmed(call.k_cache[start:stop], rows), trimmed(call.v_cache[start:stop], rows)
+        return PrefillJob(run_cfg, the_plan, x, packed, cos, sin, kc, vc, part, schedule=schedule, block_table=table), kc, vc
 
     def whole_batch_cost_model_run() -> WorkerResult:
         what = f"whole-batch cost-model run ({batch} sequences, {sum(lens)} tokens, no values)"
@@ -419,6 +461,10 @@ def prefill(
 
     phases = (phase_prefill_cost_model(run_cfg, lens, st, the_plan.cube_m, the_plan.mlp_out_chunk)
               if schedule == "fused" and timed else None)
+    if call.paged is not None and (phases is not None or split is not None):
+        raise InputError(f"a paged prefill of {max(lens)} tokens needs the runs in parts (too long for one "
+                         f"{'cost-model run' if phases is not None else 'worker'}), which paged caches do not have yet; "
+                         "prefill into contiguous caches, or shorter sequences")
     if not values and phases is None:
         return _cost_model_only(call, whole_batch_cost_model_run())
     timing_phased: dict[str, Any] = {}
@@ -430,7 +476,7 @@ def prefill(
                                   timing_phased["wall_s"], timing_phased["run_dir"], schedule)
             return LayerResult(None, report)
 
-    written: list[Written] = []
+    written: list[Any] = []  # Written rows, or WrittenSlot for a paged call
     single = phases is None and len(chunks) == 1 and split is None  # its values run is the call's timing
     runs = _Runs(call.target, say, verify_passes, cache, timed=timed and single)
     for n, chunk in enumerate(chunks, 1):
@@ -442,7 +488,12 @@ def prefill(
             say(f"prefill chunk {n}/{len(chunks)}: sequences {chunk.start}..{chunk.stop - 1}, {sum(part)} tokens")
             o = runs.run(f"prefill sequences {chunk.start}..{chunk.stop - 1}", job, chunk.estimate_bytes, part,
                          keep=keep and len(chunks) == 1).outputs
-        collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
+        if call.paged is not None:
+            pools = pooled[chunk.start]
+            slots = [s for seq in written_slots("prefill", part, pools.table, call.paged.block) for s in seq]
+            collect_slots("prefill", (kc, vc), o, slots, pools.ids, written)
+        else:
+            collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
         scatter_packed(out, o["out"], part, chunk.start)
     wall_total = runs.wall_s
     timing, timing_from = runs.reports[0], "values run" if timed else NOT_TIMED

@@ -16,7 +16,7 @@ from typing import Any
 
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.platform import Phase, Platform
-from qwenlayers.core.tiling import TilingPlan, check_plan, fit_kv_block
+from qwenlayers.core.tiling import TilingPlan, check_plan, fit_block_cols, fit_kv_block
 from qwenlayers.errors import TilingError
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.runtime.paths import CacheWarning, atomic_write_text, cache_dir, cache_root, file_lock, read_json
@@ -102,22 +102,54 @@ def store_tuned(platform: Platform, config: Qwen3Config, phase: Phase, lens: lis
     return key, path
 
 
+#: The origin a plan value gets from a paged cache's block size (``TilingPlan.origin_of``).
+PAGED = "paged block"
+
+
+def fit_paged_block(plan: TilingPlan, block: int, cfg: Qwen3Config, platform: Platform) -> TilingPlan:
+    """A paged decode runs one block per attention iteration: KV_BLOCK is the block size, and
+    the plugin's SEQ_TILE comes down to it when larger (SCORE_COLS and QK_COLS follow). A paged
+    prefill writes whole query tiles into blocks: SEQ_TILE must divide the block size. A user's
+    or tuned value that does not fit is refused, not overridden."""
+    if plan.phase == "prefill":
+        if block % plan.seq_tile == 0:
+            return plan
+        if plan.seq_tile > block and plan.refittable("seq_tile"):
+            return fit_block_cols(plan.with_overrides({"seq_tile": block}, source=PAGED), cfg, platform)
+        raise TilingError(f"seq_tile={plan.seq_tile} (from {plan.origin_of('seq_tile')}) does not divide the paged cache's "
+                          f"block of {block} rows; a paged prefill writes whole query tiles into blocks: use a seq_tile "
+                          "that divides the block size")
+    if plan.kv_block == block:
+        return plan
+    if not plan.refittable("kv_block"):
+        raise TilingError(f"kv_block={plan.kv_block} (from {plan.origin_of('kv_block')}) but the paged cache's blocks hold "
+                          f"{block} rows; a paged decode reads one block per attention iteration, so KV_BLOCK is the "
+                          "block size: leave KV_BLOCK out of the plan or set it to the block size")
+    values = {"kv_block": block}
+    if plan.seq_tile > block and plan.refittable("seq_tile"):
+        values["seq_tile"] = block
+    return fit_block_cols(plan.with_overrides(values, source=PAGED), cfg, platform)
+
+
 def resolve_plan(
     reg: PlatformRegistry, platform: Platform, cfg: Qwen3Config, phase: Phase, plan: TilingPlan | Mapping[str, int] | None,
-    lens: list[int] | None = None,
+    lens: list[int] | None = None, *, paged_block: int = 0,
 ) -> TilingPlan:
     """A user plan, or the default plan (the plugin's, with a tuned plan for this call's shape
     class applied when ``qwenlayers tune`` cached one, its KV_BLOCK fitted to the longest
-    sequence) plus overrides; always checked against the platform budgets before anything
+    sequence) plus overrides; ``paged_block`` > 0 fixes KV_BLOCK at a paged cache's block size
+    (:func:`fit_paged_block`). Always checked against the platform budgets before anything
     compiles."""
     if isinstance(plan, TilingPlan):
         if plan.phase != phase:
             raise TilingError(f"the plan given is a {plan.phase} plan; {phase} needs a {phase} plan (qwenlayers.plan(..., '{phase}'))")
-        result = plan
+        result = fit_paged_block(plan, paged_block, cfg, platform) if paged_block else plan
     else:
         default = reg.tiling_defaults(platform, cfg, phase)  # checked there
         base = tuned_plan(platform, cfg, phase, lens, default) if lens else default  # checked there when tuned
         result = fit_kv_block(base.with_overrides(dict(plan or {})), lens or [], cfg, platform)
+        if paged_block:
+            result = fit_paged_block(result, paged_block, cfg, platform)
         if result.values() == base.values():
             return result
     check_plan(result, cfg, platform)  # a user's plan, or values changed by overrides or the call's lengths

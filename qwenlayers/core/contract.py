@@ -18,6 +18,7 @@ import torch
 
 from qwenlayers.core.compare import FIRST_POSITIONS
 from qwenlayers.core.config import Qwen3Config
+from qwenlayers.core.paged import PagedLayout, check_paged, check_pools
 from qwenlayers.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16)
@@ -75,12 +76,7 @@ def check_decode(
     contiguous: bool = False,
 ) -> list[int]:
     """Validate decode inputs: hidden [B, H], caches [B, KVH, MAX_SEQ, D], seq_lens [B] incl. the new token."""
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
-        got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
-        raise InputError(f"decode hidden must be [batch, {config.hidden_size}], got {got}")
-    batch = hidden.shape[0]
-    _check_batch("decode", batch, f"[batch, {config.hidden_size}]")
-    _check_tensor("hidden", hidden, (batch, config.hidden_size), dtypes, contiguous=contiguous)
+    batch = _check_decode_hidden(config, hidden, dtypes, contiguous)
     if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 4:
         raise InputError(f"k_cache must be [batch, {config.num_key_value_heads}, max_seq, {config.head_dim}]")
     max_seq = k_cache.shape[2]
@@ -90,6 +86,42 @@ def check_decode(
     _check_tensor("k_cache", k_cache, cache_shape, (hidden.dtype,), contiguous=contiguous)
     _check_tensor("v_cache", v_cache, cache_shape, (hidden.dtype,), contiguous=contiguous)
     return check_seq_lens(seq_lens, batch, 1, max_seq, f"decode with a cache of max_seq={max_seq}")
+
+
+def _check_decode_hidden(config: Qwen3Config, hidden: object, dtypes: Sequence[torch.dtype], contiguous: bool) -> int:
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
+        got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise InputError(f"decode hidden must be [batch, {config.hidden_size}], got {got}")
+    batch = hidden.shape[0]
+    _check_batch("decode", batch, f"[batch, {config.hidden_size}]")
+    _check_tensor("hidden", hidden, (batch, config.hidden_size), dtypes, contiguous=contiguous)
+    return batch
+
+
+def check_decode_paged(
+    config: Qwen3Config, hidden: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch.Tensor,
+    seq_lens: torch.Tensor, *, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES, contiguous: bool = False,
+) -> tuple[list[int], PagedLayout]:
+    """Validate a paged decode: hidden [B, H], pools [num_blocks, KVH, BLOCK, D], block_table
+    int32 [B, max_blocks], seq_lens [B] with 1 <= L <= max_blocks x BLOCK (core.paged)."""
+    batch = _check_decode_hidden(config, hidden, dtypes, contiguous)
+    _, block = check_pools(config, k_pool, v_pool, hidden.dtype)
+    if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2 or block_table.shape[0] != batch:
+        got = tuple(block_table.shape) if isinstance(block_table, torch.Tensor) else type(block_table).__name__
+        raise InputError(f"block_table must be int32 [{batch}, max_blocks_per_seq] (one row per sequence), got {got}")
+    # the table's reach is checked per sequence (check_block_table), with the blocks it lacks
+    lens = check_seq_lens(seq_lens, batch, 1, 2**31 - 1, "paged decode")
+    return lens, check_paged(config, "decode", k_pool, v_pool, block_table, lens, hidden.dtype)
+
+
+def check_prefill_paged(
+    config: Qwen3Config, hidden: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch.Tensor,
+    seq_lens: torch.Tensor, *, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES, contiguous: bool = False,
+) -> tuple[list[int], PagedLayout]:
+    """Validate a paged prefill: hidden [B, S, H], pools [num_blocks, KVH, BLOCK, D],
+    block_table int32 [B, max_blocks] covering every sequence's rows 0..L-1 (core.paged)."""
+    lens = check_prefill(config, hidden, seq_lens, 2**31 - 1, dtypes=dtypes, contiguous=contiguous)
+    return lens, check_paged(config, "prefill", k_pool, v_pool, block_table, lens, hidden.dtype)
 
 
 def check_prefill(

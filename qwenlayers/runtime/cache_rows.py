@@ -11,6 +11,8 @@ from qwenlayers.errors import KernelError
 
 #: Rows a worker wrote: (batch row, first cache row, K rows [KVH, n, D], V rows [KVH, n, D]).
 Written = tuple[int, int, torch.Tensor, torch.Tensor]
+#: A paged slot a worker wrote: (block id in the caller's pool, slot, K row [KVH, D], V row [KVH, D]).
+WrittenSlot = tuple[int, int, torch.Tensor, torch.Tensor]
 
 
 def trimmed(cache: torch.Tensor, rows: int) -> torch.Tensor:
@@ -59,3 +61,26 @@ def write_back(k_cache: torch.Tensor, v_cache: torch.Tensor, written: list[Writt
     for b, start, k_rows, v_rows in written:
         k_cache[b, :, start : start + k_rows.shape[1]] = k_rows
         v_cache[b, :, start : start + v_rows.shape[1]] = v_rows
+
+
+def collect_slots(phase: Phase, before: tuple[torch.Tensor, torch.Tensor], outputs: dict[str, torch.Tensor],
+                  slots: list[tuple[int, int]], ids: list[int], written: list[WrittenSlot]) -> None:
+    """A paged worker's pools (compact: block ``i`` is the caller's ``ids[i]``) must come back
+    bit-identical but for ``slots`` (compact block, slot); keep those for the write-back."""
+    for name, old in zip(("k_cache", "v_cache"), before):
+        new = outputs[name]
+        keep = torch.ones(old.shape[0], old.shape[2], dtype=torch.bool)
+        for blk, slot in slots:
+            keep[blk, slot] = False
+        b_idx, s_idx = keep.nonzero(as_tuple=True)
+        if not same_bits(old[b_idx, :, s_idx], new[b_idx, :, s_idx]):
+            allowed = "the new row's slot" if phase == "decode" else "the slots of rows 0..seq_len-1"
+            raise KernelError(f"the paged {phase} kernel changed {name} slots other than {allowed}; nothing was written back")
+    for blk, slot in slots:
+        written.append((ids[blk], slot, outputs["k_cache"][blk, :, slot].clone(), outputs["v_cache"][blk, :, slot].clone()))
+
+
+def write_back_slots(k_pool: torch.Tensor, v_pool: torch.Tensor, written: list[WrittenSlot]) -> None:
+    for blk, slot, k_row, v_row in written:
+        k_pool[blk, :, slot] = k_row
+        v_pool[blk, :, slot] = v_row

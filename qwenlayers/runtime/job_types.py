@@ -71,16 +71,20 @@ class _LayerJob(Job):
 
 @dataclass(frozen=True, eq=False)
 class DecodeJob(_LayerJob):
-    """One decode step of ``part``: hidden [B, H], seq_lens int32 [B]."""
+    """One decode step of ``part``: hidden [B, H], seq_lens int32 [B]. With ``block_table``
+    (int32 [B, max_blocks]) the caches are block pools [num_blocks, KVH, BLOCK, D] (core.paged)."""
 
     kind: ClassVar[str] = "decode"
     seq_lens: torch.Tensor
     part: Part = "layer"
     schedule: Schedule = "fused"
     tilelet_bytes: int = 0  # the budget set's TILELET: bounds the tiles the batch sizes (DecodeShape); 0: none
+    block_table: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_part(self.kind, self.part, DECODE_PARTS, self.schedule)
+        if self.block_table is not None and self.schedule == "reference":
+            raise ValueError("the reference schedule reads contiguous caches only; a paged decode runs the fused kernel")
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,9 +118,12 @@ class PrefillJob(_LayerJob):
     k_ws: torch.Tensor | None = None
     v_ws: torch.Tensor | None = None
     attn: torch.Tensor | None = None
+    block_table: torch.Tensor | None = None  # int32 [B, max_blocks]: the caches are block pools (core.paged)
 
     def __post_init__(self) -> None:
         _check_part(self.kind, self.part, PREFILL_PARTS, self.schedule)
+        if self.block_table is not None and self.schedule == "reference":
+            raise ValueError("the reference schedule writes contiguous caches only; a paged prefill runs the fused kernel")
 
 
 @dataclass(frozen=True, eq=False)

@@ -91,25 +91,41 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     first residual, ``partial_o_proj`` a TP rank's fp32 partial o_proj; the caches as the kernel
     left them too. ``schedule="reference"`` builds the reference-schedule baseline
     (:mod:`qwenlayers.core.kernels.reference`; whole layer only) instead of the fused kernel."""
-    from qwenlayers.core.kernels.decode import DecodeShape, build_decode, build_decode_attention, cache_write_index
+    from qwenlayers.core.kernels.decode import (
+        DecodeShape,
+        build_decode,
+        build_decode_attention,
+        cache_write_index,
+        paged_write_index,
+    )
     from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
 
     cfg, plan, part = j.config, j.plan, j.part
     x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
-    batch, kvh, max_seq, d = k_cache.shape
+    batch = x.shape[0]
     w = j.weights
     out = torch.zeros(x.shape, dtype=torch.float32 if part == "partial_o_proj" else x.dtype)
-    attn = torch.zeros(batch * kvh, cfg.group_size, d, dtype=x.dtype)
-    kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
+    attn = torch.zeros(batch * cfg.num_key_value_heads, cfg.group_size, cfg.head_dim, dtype=x.dtype)
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
-    tail = [j.cos, j.sin, kc, vc, j.seq_lens, *cache_write_index(j.seq_lens, kvh), attn, out]
-    shape = DecodeShape(batch, max_seq, j.tilelet_bytes)
+    if j.block_table is not None:  # pools [num_blocks, KVH, BLOCK, D] and their table (core.paged)
+        blocks, kvh, block, d = k_cache.shape
+        table = j.block_table
+        where = paged_write_index(j.seq_lens, table, kvh, block)
+        shape = DecodeShape(batch, table.shape[1] * block, j.tilelet_bytes, block, blocks, table.shape[1])
+        kc, vc = k_cache.view(blocks * kvh, block, d), v_cache.view(blocks * kvh, block, d)
+    else:
+        _, kvh, max_seq, d = k_cache.shape
+        table = torch.zeros(batch, 1, dtype=torch.int32)  # not read by a contiguous build
+        where = cache_write_index(j.seq_lens, kvh)
+        shape = DecodeShape(batch, max_seq, j.tilelet_bytes)
+        kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
+    tail = [j.cos, j.sin, kc, vc, table, j.seq_lens, *where, attn, out]
     if j.schedule == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
 
         kernel = build_decode_reference(cfg, shape, plan, jit_options=ctx.jit_options())
         ws = _workspaces(reference_workspaces(cfg, shape, plan.seq_tile))
-        args = [x, *weights, *tail[:5], *ws, out]
+        args = [x, *weights, j.cos, j.sin, kc, vc, j.seq_lens, *ws, out]
     elif part == "layer":
         kernel = build_decode(cfg, shape, plan, jit_options=ctx.jit_options())
         args = [x, *weights, *tail]
@@ -144,7 +160,7 @@ def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
 
     cfg, plan, lens, part = j.config, j.plan, j.seq_lens, j.part
     x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
-    batch, kvh, rows, d = k_cache.shape
+    batch = len(lens)
     reference = j.schedule == "reference"
     if reference:
         from qwenlayers.core.kernels.reference import build_prefill_reference, prefill_reference_workspaces, reference_work_items
@@ -157,11 +173,18 @@ def prefill_job(ctx: JobContext, j: PrefillJob) -> dict[str, torch.Tensor]:
     pad = n_tok - n_real
     x = torch.cat([x, torch.zeros(pad, x.shape[1], dtype=x.dtype)])
     cos, sin = (torch.cat([c, c[:1].expand(pad, -1, -1)]) for c in (j.cos, j.sin))
-    shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
+    if j.block_table is not None:  # pools [num_blocks, KVH, BLOCK, D] and their table (core.paged)
+        blocks, kvh, block, d = k_cache.shape
+        table = j.block_table
+        shape = PrefillShape(n_tok, work.shape[0], batch, table.shape[1] * block, block, blocks, table.shape[1])
+    else:
+        _, kvh, rows, d = k_cache.shape
+        table = torch.zeros(batch, 1, dtype=torch.int32)  # not read by a contiguous build
+        shape = PrefillShape(tokens=n_tok, work_items=work.shape[0], batch=batch, cache_rows=rows)
     out = torch.zeros(x.shape, dtype=torch.float32 if part == "partial_o_proj" else x.dtype)
-    kc, vc = k_cache.view(batch * kvh * rows, d), v_cache.view(batch * kvh * rows, d)
-    head = [x, *(j.weights[name] for name in decode_weight_layout(cfg)),
-            cos.contiguous(), sin.contiguous(), kc, vc, work,
+    kc, vc = k_cache.view(-1, d), v_cache.view(-1, d)
+    head = [x, *(j.weights[name] for name in decode_weight_layout(cfg)), cos.contiguous(), sin.contiguous(), kc, vc,
+            *([] if reference else [table]), work,
             causal_mask(plan.seq_tile, cfg.group_size, None if reference else plan.kv_block)]
     if reference:
         kernel = build_prefill_reference(cfg, shape, plan, jit_options=ctx.jit_options())

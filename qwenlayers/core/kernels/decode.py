@@ -53,6 +53,27 @@ class DecodeShape:
     batch: int
     max_seq: int
     tilelet_bytes: int = 0
+    block: int = 0  # a paged cache (core.paged): rows per block; 0: contiguous caches
+    num_blocks: int = 0  # blocks in the pools the kernel gets
+    max_blocks: int = 1  # block-table entries per sequence
+
+    @property
+    def cache_dims(self) -> tuple[int, int]:
+        """The caches as the kernel sees them, [rows, cols, D]: contiguous [B*KVH, MAX_SEQ, D];
+        paged, the pools [num_blocks*KVH, BLOCK, D]."""
+        return (self.num_blocks, self.block) if self.block else (self.batch, self.max_seq)
+
+
+def paged_write_index(seq_lens: Any, block_table: Any, kv_heads: int, block: int) -> tuple[Any, Any]:
+    """(rows, slots) into the pools viewed [num_blocks*KVH, BLOCK, D] where each head's new row
+    goes: block ``block_table[b, (seq_len-1) // BLOCK]``, slot ``(seq_len-1) % BLOCK``."""
+    import torch
+
+    lens = torch.as_tensor(seq_lens, dtype=torch.int64)
+    last = lens - 1
+    blocks = torch.as_tensor(block_table)[torch.arange(lens.numel()), last // block].to(torch.int64)
+    heads = (blocks[:, None] * kv_heads + torch.arange(kv_heads)).reshape(-1)
+    return heads.to(torch.int32).contiguous(), (last % block).repeat_interleave(kv_heads).to(torch.int32).contiguous()
 
 
 def cache_write_index(seq_lens: Any, kv_heads: int) -> tuple[Any, Any]:
@@ -76,6 +97,19 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
+    rows, cols = shape.cache_dims
+    cache_heads, paged = rows * kvh, shape.block > 0
+    if paged and kb != shape.block:
+        raise ValueError(f"a paged decode runs one block per attention iteration: kv_block {kb} != block {shape.block}")
+
+    def kv_view(cache: Any, table: Any, b: Any, blk: Any, valid: Any) -> Any:
+        """One iteration's [KVH, KV_BLOCK, D] rows, straight from the full cache (a view taken in
+        an outer body is materialised as a copy, spike: 5.6x more tasks): the sequence's rows
+        blk*KV_BLOCK.. of a contiguous cache, or the block its table names in a pool."""
+        if paged:
+            return pypto.view(cache, [kvh, kb, d], [table[b, blk] * kvh, 0, 0], valid_shape=[kvh, valid, d])
+        return pypto.view(cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
+
     softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
     write_tile = batch_tile_rows(2 * d, shape.tilelet_bytes, heads)  # not "write_rows": that name is an argument below
 
@@ -84,8 +118,9 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
         q_groups: pypto.Tensor((heads, g, d), bf16),
         k_new: pypto.Tensor((heads, 1, d), bf16),
         v_new: pypto.Tensor((heads, 1, d), bf16),
-        k_cache: pypto.Tensor((heads, shape.max_seq, d), bf16),
-        v_cache: pypto.Tensor((heads, shape.max_seq, d), bf16),
+        k_cache: pypto.Tensor((cache_heads, cols, d), bf16),
+        v_cache: pypto.Tensor((cache_heads, cols, d), bf16),
+        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((heads,), i32),
         write_rows: pypto.Tensor((heads,), i32),
@@ -93,7 +128,7 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     ):
         # pypto re-reads the annotations from the closure when inlining; names only used there
         # are not closure cells unless the body mentions them
-        _annotation_names = (heads, shape, bf16, i32)  # noqa: F841
+        _annotation_names = (heads, shape, bf16, i32, cache_heads, cols)  # noqa: F841
         # The cache write: every sequence's new row in one scatter before the attention loop.
         # Written per sequence inside the loop (pypto-lib's and the spike's shape), each write
         # orders all later cache reads behind it and the sequences run one after another:
@@ -111,10 +146,8 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
             # chain is ceil(L / KV_BLOCK) long, not ceil(L / SEQ_TILE)
             for blk in pypto.loop((length + kb - 1) // kb, name="LOOP_kv", idx_name="blk"):
                 valid = (length - blk * kb).min(kb)
-                # block views straight from the full cache inside the innermost loop: a view
-                # taken in an outer body is materialised as a copy (spike: 5.6x more tasks)
-                kv_k = pypto.view(k_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
-                kv_v = pypto.view(v_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
+                kv_k = kv_view(k_cache, block_table, b, blk, valid)
+                kv_v = kv_view(v_cache, block_table, b, blk, valid)
                 # QK_COLS cache rows per cube step in one copy, head_dim split to keep the L0 tile
                 pypto.set_cube_tile_shapes([g, g], [qk_k0, d], [qk, qk])
                 s = pypto.matmul(qg, kv_k, fp32, b_trans=True)  # [KVH, G, KB], cube tiles of QK_COLS columns
@@ -165,8 +198,9 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
         w_down: pypto.Tensor(lay["w_down"], bf16),
         cos: pypto.Tensor((b_rows, 1, d), fp32),
         sin: pypto.Tensor((b_rows, 1, d), fp32),
-        k_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
-        v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        k_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
+        v_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
+        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
@@ -177,7 +211,7 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, write_heads, write_rows, attn)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
         # reduction point 1 (a tensor-parallel rank stops before the residual: residual=False)
         resid = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, True)
         down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
@@ -220,8 +254,9 @@ def build_decode_attention(
         w_o: pypto.Tensor(lay["w_o"], bf16),
         cos: pypto.Tensor((b_rows, 1, d), fp32),
         sin: pypto.Tensor((b_rows, 1, d), fp32),
-        k_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
-        v_cache: pypto.Tensor((b_rows * kvh, shape.max_seq, d), bf16),
+        k_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
+        v_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
+        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
@@ -231,7 +266,7 @@ def build_decode_attention(
         blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, seq_lens, write_heads, write_rows, attn)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
         resid[:] = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, residual)
 
     return qwen3_decode_attention

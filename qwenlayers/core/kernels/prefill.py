@@ -51,6 +51,15 @@ class PrefillShape:
     work_items: int  # sum(ceil(seq_len / SEQ_TILE))
     batch: int
     cache_rows: int  # rows per (sequence, KV head) in the cache arguments
+    block: int = 0  # a paged cache (core.paged): rows per block; 0: contiguous caches
+    num_blocks: int = 0  # blocks in the pools the kernel gets
+    max_blocks: int = 1  # block-table entries per sequence
+
+    @property
+    def cache_len(self) -> int:
+        """Rows of the caches as the kernel sees them, [rows, D]: contiguous B*KVH*ROWS; paged,
+        the pools' num_blocks*KVH*BLOCK."""
+        return self.num_blocks * self.block if self.block else self.batch * self.cache_rows
 
 
 def build_prefill(
@@ -78,8 +87,10 @@ def build_prefill(
     with them, 16,091 us alone), and the phases stand for the one program.
 
     Arguments: x [T, H], the :func:`decode_weight_layout` tensors, cos/sin [T, 1, D] fp32,
-    k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b),
-    work [NW, 4] int32 (:data:`WORK_COLUMNS`), mask [(1 + KB/ST)*ST*G, KB] fp32
+    k_cache/v_cache [B*KVH*ROWS, D] (row (b*KVH + h)*ROWS + i holds token i of sequence b) or,
+    paged, the pools [num_blocks*KVH*BLOCK, D] with block_table [B, max_blocks] int32 (token i of
+    sequence b at row (table[b, i // BLOCK]*KVH + h)*BLOCK + i % BLOCK; a contiguous build gets a
+    [B, 1] table it never reads), work [NW, 4] int32 (:data:`WORK_COLUMNS`), mask [(1 + KB/ST)*ST*G, KB] fp32
     (:func:`causal_mask`), workspaces q [T, NH*D],
     k [T, KVH*D], v [T, KVH*D], attn [T, NH*D], and out [T, H].
     """
@@ -111,6 +122,18 @@ def build_prefill(
     loop_a, loop_b, loop_c = part in (*whole, "qkv"), part in (*whole, "attend"), part in (*whole, "o_proj")
     build_a, build_b, build_c = (loop_a, loop_b, loop_c) if only_part else (True, True, True)
     out_dtype = fp32 if part == "partial_o_proj" else bf16
+    paged, blk_rows = shape.block > 0, shape.block
+    if paged and blk_rows % st:
+        raise ValueError(f"a paged prefill writes whole query tiles into blocks: seq_tile {st} must divide block {blk_rows}")
+    tiles_per_block = blk_rows // st if paged else 1
+
+    def cache_row(table: Any, b: Any, hk: int, qt: Any) -> Any:
+        """The cache row query tile ``qt`` of sequence ``b``, KV head ``hk`` starts at: in the
+        contiguous caches, or in the block its table names (a tile never crosses a block)."""
+        if paged:
+            j = qt // tiles_per_block
+            return (table[b, j] * kvh + hk) * blk_rows + (qt - j * tiles_per_block) * st
+        return (b * kvh + hk) * rows + qt * st
 
     @pypto.frontend.jit(**blocks.plan_jit_options(plan, jit_options))
     def qwen3_prefill_layer(
@@ -126,8 +149,9 @@ def build_prefill(
         w_down: pypto.Tensor(lay["w_down"], bf16),
         cos: pypto.Tensor((n_tok, 1, d), fp32),
         sin: pypto.Tensor((n_tok, 1, d), fp32),
-        k_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
-        v_cache: pypto.Tensor((b_rows * kvh * rows, d), bf16),
+        k_cache: pypto.Tensor((shape.cache_len, d), bf16),
+        v_cache: pypto.Tensor((shape.cache_len, d), bf16),
+        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
         work: pypto.Tensor((nw, len(WORK_COLUMNS)), i32),
         mask: pypto.Tensor(((1 + per_blk) * qrows, kb), fp32),
         q_ws: pypto.Tensor((n_tok, qw), bf16),
@@ -162,9 +186,9 @@ def build_prefill(
                 # mask block of the last key block: 1 + the query tile's position inside it (0 elsewhere)
                 diag = 1 + qt - (qt // per_blk) * per_blk
                 for hk in range(kvh):
-                    base = (b * kvh + hk) * rows
-                    pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], k_cache)
-                    pypto.assemble(pypto.view(v_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [base + qt * st, 0], v_cache)
+                    row = cache_row(block_table, b, hk, qt)
+                    pypto.assemble(pypto.view(k_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [row, 0], k_cache)
+                    pypto.assemble(pypto.view(v_ws, [st, d], [off + qt * st, hk * d], valid_shape=[qvalid, d]), [row, 0], v_cache)
                     pypto.set_vec_tile_shapes(qhb, d)
                     qv = pypto.reshape(pypto.view(q_ws, [st, g * d], [off + qt * st, hk * g * d]), [qrows, d])
                     qv = pypto.cast(pypto.cast(qv, fp32), bf16)  # materialise the strided tile (a real op)

@@ -126,3 +126,12 @@ def prepare_call(
         k_cache, v_cache = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
     return LayerCall(phase, cfg, run_cfg, w, hidden, seq_lens, lens, k_cache, v_cache, target, the_plan, schedule,
                      block_table, paged)
+
+
+def logical_caches(call: LayerCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caches as the golden reads them: the caller's, or a paged call's rows gathered
+    through its table (core.paged.gather)."""
+    if call.paged is None or call.block_table is None:
+        return call.k_cache, call.v_cache
+    block = call.paged.block
+    return (gather(call.k_cache, call.block_table, call.lens, block), gather(call.v_cache, call.block_table, call.lens, block))

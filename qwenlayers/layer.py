@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from qwenlayers.call import LayerCall, check_timed, prepare_call
+from qwenlayers.call import LayerCall, check_timed, logical_caches, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
-from qwenlayers.core.paged import compact, gather, written_slots
+from qwenlayers.core.paged import compact, written_slots
 from qwenlayers.core.platform import Platform
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
@@ -224,20 +224,11 @@ def _cost_model_only(call: LayerCall, whole: WorkerResult) -> LayerResult:
 NOT_TIMED = "not timed (timed=False: values only, no cost model)"
 
 
-def _logical_caches(call: LayerCall) -> tuple[torch.Tensor, torch.Tensor]:
-    """The caches as the golden reads them: the caller's, or a paged call's rows gathered
-    through its table (core.paged.gather)."""
-    if call.paged is None or call.block_table is None:
-        return call.k_cache, call.v_cache
-    block = call.paged.block
-    return (gather(call.k_cache, call.block_table, call.lens, block), gather(call.v_cache, call.block_table, call.lens, block))
-
-
 def _finish(call: LayerCall, runs: _Runs, out: torch.Tensor, written: list[Any], timing: dict[str, Any],
             timing_from: str, wall_total: float, check: bool, say: Progress) -> LayerResult:
     """Write back the documented cache rows or paged slots (every worker succeeded), build the
     report, check."""
-    before = tuple(c.clone() for c in _logical_caches(call)) if check else None
+    before = tuple(c.clone() for c in logical_caches(call)) if check else None
     if call.paged is not None:
         write_back_slots(call.k_cache, call.v_cache, written)
     else:
@@ -247,7 +238,7 @@ def _finish(call: LayerCall, runs: _Runs, out: torch.Tensor, written: list[Any],
     if before is not None:
         say(f"golden {call.phase}")
         check_against_golden(report, call.phase, call.config, call.weights, call.hidden, call.seq_lens, call.lens, before,
-                             out, _logical_caches(call))
+                             out, logical_caches(call))
     return LayerResult(out, report, call.k_cache, call.v_cache)
 
 

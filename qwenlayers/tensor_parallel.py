@@ -26,16 +26,17 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qwenlayers.call import LayerCall, check_timed, prepare_call
+from qwenlayers.call import LayerCall, check_timed, logical_caches, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config, as_config
+from qwenlayers.core.paged import CompactPools, compact, written_slots
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, shard_config, shard_plan
 from qwenlayers.core.tiling import TilingPlan
@@ -44,7 +45,7 @@ from qwenlayers.errors import InputError, KernelError
 from qwenlayers.inputs import random_inputs
 from qwenlayers.registry import PlatformRegistry
 from qwenlayers.reports import check_against_golden
-from qwenlayers.runtime.cache_rows import check_only_spans_written, trimmed
+from qwenlayers.runtime.cache_rows import WrittenSlot, check_only_spans_written, collect_slots, trimmed
 from qwenlayers.runtime.chunking import cache_rows_needed
 from qwenlayers.runtime.exchange import read_message, write_message
 from qwenlayers.runtime.host_ops import residual_after_reduction, scatter_packed
@@ -124,6 +125,7 @@ class _Job:
     fault_rank: int | None = None  # tests: this rank raises before its first collective
     timed: bool = True  # False: the ranks' values runs run no cost model
     cache: bool | None = None  # the cost-model result cache, as in qwenlayers.decode
+    block_table: torch.Tensor | None = None  # paged: the compact pools' table (core.paged.compact)
 
     @property
     def backend(self) -> str:
@@ -136,11 +138,12 @@ def _rank_inputs(job: _Job, weights: LayerWeights, hidden: torch.Tensor, k_cache
     kernel may read), the replicated activations and RoPE rows."""
     sp = shard_plan(job.config, job.tp, rank)
     kv = slice(*sp.kv_heads)
-    rows = cache_rows_needed(job.lens, job.plan.attention_block)
-    inputs: dict[str, Any] = {
-        "shard": sp, "weights": packing.pack_layer(weights.shard(rank, job.tp)),
-        "k_cache": trimmed(k_cache[:, kv], rows), "v_cache": trimmed(v_cache[:, kv], rows),
-    }
+    inputs: dict[str, Any] = {"shard": sp, "weights": packing.pack_layer(weights.shard(rank, job.tp))}
+    if job.block_table is not None:  # the compact pools' KV heads of every block, and their table
+        inputs.update(k_cache=k_cache[:, kv].contiguous(), v_cache=v_cache[:, kv].contiguous(), block_table=job.block_table)
+    else:
+        rows = cache_rows_needed(job.lens, job.plan.attention_block)
+        inputs.update(k_cache=trimmed(k_cache[:, kv], rows), v_cache=trimmed(v_cache[:, kv], rows))
     d, theta = job.config.head_dim, job.config.rope_theta
     if job.phase == "decode":
         inputs["hidden"] = hidden
@@ -160,10 +163,12 @@ def _run_rank(job: _Job, rank: int, inputs: dict[str, Any], allreduce: Callable[
     common = (cfg, job.plan, hidden, packed, inputs["cos"], inputs["sin"], inputs["k_cache"], inputs["v_cache"])
     if job.phase == "decode":
         attn = run_job(job.target, DecodeJob(*common, torch.tensor(job.lens, dtype=torch.int32), part="partial_o_proj",
-                                                 tilelet_bytes=job.target.platform.budgets.tilelet_bytes),
+                                                 tilelet_bytes=job.target.platform.budgets.tilelet_bytes,
+                                                 block_table=inputs.get("block_table")),
                        values=job.values, timed=job.timed, cache=job.cache)
     else:
-        attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj"), values=job.values, timed=job.timed,
+        attn = run_job(job.target, PrefillJob(*common, job.lens, part="partial_o_proj", block_table=inputs.get("block_table")),
+                       values=job.values, timed=job.timed,
                        cache=job.cache)
     o_part = attn.outputs["out"].float().contiguous()
     comm_s = allreduce(o_part)  # reduction point 1
@@ -303,12 +308,27 @@ def _prepare(call: LayerCall, tp: int, values: bool, timeout_s: float, fault_ran
                 cache)
 
 
+def _finish_paged(job: _Job, results: list[dict[str, Any]], k_pool: torch.Tensor, v_pool: torch.Tensor,
+                  pools: CompactPools, block: int) -> None:
+    """Every rank's pool shard changed only the call's slots; then they go into the caller's
+    pools, one replica per KV head."""
+    slots = [s for seq in written_slots(job.phase, job.lens, pools.table, block) for s in seq]
+    for sp, res in zip([shard_plan(job.config, job.tp, r) for r in range(job.tp)], results):
+        kv = slice(*sp.kv_heads)
+        written: list[WrittenSlot] = []
+        collect_slots(job.phase, (pools.k[:, kv], pools.v[:, kv]), res, slots, pools.ids, written)
+        if sp.owns_kv:
+            for blk, slot, k_row, v_row in written:
+                k_pool[blk, kv, slot] = k_row
+                v_pool[blk, kv, slot] = v_row
+
+
 def _finish(job: _Job, results: list[dict[str, Any]], k_cache: torch.Tensor, v_cache: torch.Tensor,
             spans: list[tuple[int, int]], wall: float) -> tuple[torch.Tensor, TPReport]:
     """Check every rank's cache shard, write back the documented rows, build the report."""
     rows = cache_rows_needed(job.lens, job.plan.attention_block)
     shards = [shard_plan(job.config, job.tp, r) for r in range(job.tp)]
-    if job.values:
+    if job.values and job.block_table is None:
         for sp, res in zip(shards, results):
             kv = slice(*sp.kv_heads)
             for name, full in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -358,6 +378,7 @@ def decode_tp(
     fault_rank: int | None = None,
     allow_nonfinite: bool = False,
     cache: bool | None = None,
+    block_table: torch.Tensor | None = None,
 ) -> TPResult | None:
     """One decode step of one layer split over ``tp`` ranks (same contract as
     :func:`qwenlayers.decode`: caches [B, KVH, MAX_SEQ, D] written at row seq_len-1 only; the
@@ -370,18 +391,25 @@ def decode_tp(
     """
     say = progress or (lambda _m: None)
     call = prepare_call("decode", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
-                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp,
+                        block_table=block_table)
     job = _prepare(call, tp, values, timeout_s, fault_rank, timed, cache)
+    pools = None
+    if call.paged is not None and call.block_table is not None:  # the blocks the call reaches, renumbered
+        pools = compact(k_cache, v_cache, call.block_table, call.lens, call.paged.block)
+        job = replace(job, block_table=pools.table)
     start = time.perf_counter()
-    before = (k_cache.clone(), v_cache.clone()) if check else None
-    results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)
+    before = tuple(c.clone() for c in logical_caches(call)) if check else None
+    results = _run(job, call.weights, hidden, *((pools.k, pools.v) if pools else (k_cache, v_cache)), launcher, say)
     if results is None:
         return None
+    if pools is not None and values and call.paged is not None:
+        _finish_paged(job, results, k_cache, v_cache, pools, call.paged.block)
     out, report = _finish(job, results, k_cache, v_cache, [(n - 1, n) for n in call.lens], time.perf_counter() - start)
     if before is not None and values:
         say("golden decode")
         check_against_golden(report, "decode", call.config, call.weights, hidden, seq_lens, call.lens, before, out,
-                             (k_cache, v_cache))
+                             logical_caches(call))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 
@@ -407,27 +435,35 @@ def prefill_tp(
     fault_rank: int | None = None,
     allow_nonfinite: bool = False,
     cache: bool | None = None,
+    block_table: torch.Tensor | None = None,
 ) -> TPResult | None:
     """Causal prefill of one layer split over ``tp`` ranks (same contract as
     :func:`qwenlayers.prefill`: out [B, S, H] with padding rows zero; caches the caller's,
     written at rows 0..seq_len-1, or allocated; the same refusals, ``allow_nonfinite`` included)."""
     say = progress or (lambda _m: None)
     call = prepare_call("prefill", config, weights, hidden, seq_lens, k_cache, v_cache, platform=platform, budgets=budgets,
-                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp)
+                        plan=plan, registry=registry, allow_nonfinite=allow_nonfinite, tp=tp,
+                        block_table=block_table)
     k_cache, v_cache = call.k_cache, call.v_cache
     job = _prepare(call, tp, values, timeout_s, fault_rank, timed, cache)
+    pools = None
+    if call.paged is not None and call.block_table is not None:  # the blocks the call reaches, renumbered
+        pools = compact(k_cache, v_cache, call.block_table, call.lens, call.paged.block)
+        job = replace(job, block_table=pools.table)
     start = time.perf_counter()
-    before = (k_cache.clone(), v_cache.clone()) if check else None
-    results = _run(job, call.weights, hidden, k_cache, v_cache, launcher, say)
+    before = tuple(c.clone() for c in logical_caches(call)) if check else None
+    results = _run(job, call.weights, hidden, *((pools.k, pools.v) if pools else (k_cache, v_cache)), launcher, say)
     if results is None:
         return None
+    if pools is not None and values and call.paged is not None:
+        _finish_paged(job, results, k_cache, v_cache, pools, call.paged.block)
     packed_out, report = _finish(job, results, k_cache, v_cache, [(0, n) for n in call.lens], time.perf_counter() - start)
     out = torch.zeros_like(hidden)
     scatter_packed(out, packed_out, call.lens)
     if before is not None and values:
         say("golden prefill")
         check_against_golden(report, "prefill", call.config, call.weights, hidden, seq_lens, call.lens, before, out,
-                             (k_cache, v_cache))
+                             logical_caches(call))
     return TPResult(out if values else None, report, k_cache, v_cache)
 
 

@@ -246,3 +246,45 @@ def test_tiles_that_do_not_fit_the_block_size_and_the_reference_schedule_are_ref
     with pytest.raises(InputError, match="sequences 0 and 1 both write block"):  # prefill writes every block it reaches
         qwenlayers.prefill(cfg, w, prompt, inputs["seq_lens"], k_cache=k_pool, v_cache=v_pool,
                            block_table=_bad_table(table, int(table[0, 0])), platform=platform.name)
+
+
+@pytest.mark.sim
+def test_tensor_parallel_ranks_hold_their_kv_heads_of_every_block(runnable_platform):
+    """tp=2: each rank reads and writes its KV head of every block; the pools come back as the
+    one-rank paged decode leaves them, the output as the contiguous tensor-parallel one."""
+    cfg, block = preset("tiny"), 16
+    w = qwenlayers.LayerWeights.random(cfg, seed=2)
+    lens = [1, 16, 17, 40]
+    inputs = random_inputs(cfg, "decode", lens, seed=4, max_seq=64)
+    k_pool, v_pool, table = paged_copy(inputs["k_cache"], inputs["v_cache"], block)
+    k_one, v_one = k_pool.clone(), v_pool.clone()
+    k0 = k_pool.clone()
+    plan = {"kv_block": block, "seq_tile": block}
+    contiguous = qwenlayers.decode_tp(cfg, w, **inputs, tp=2, platform=runnable_platform.name, plan=plan)
+    paged = qwenlayers.decode_tp(cfg, w, inputs["hidden"], k_pool, v_pool, inputs["seq_lens"], tp=2, block_table=table,
+                                 platform=runnable_platform.name, plan=plan, check=True)
+    assert paged.report.within_tolerance, paged.report.check_failures
+    assert torch.equal(paged.out, contiguous.out)
+    qwenlayers.decode(cfg, w, inputs["hidden"], k_one, v_one, inputs["seq_lens"], block_table=table,
+                      platform=runnable_platform.name)
+    assert torch.equal(k_pool, k_one) and torch.equal(v_pool, v_one)
+    assert changed_slots(k0, k_pool) == sorted((int(table[b, (n - 1) // block]), (n - 1) % block) for b, n in enumerate(lens))
+
+
+@pytest.mark.sim
+def test_tensor_parallel_prefill_writes_the_pools_through_the_table(runnable_platform):
+    cfg, block = preset("tiny"), 16
+    w = qwenlayers.LayerWeights.random(cfg, seed=3)
+    lens = [5, 33]
+    hidden = torch.randn(2, 33, cfg.hidden_size, generator=torch.Generator().manual_seed(6)).bfloat16()
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    table = torch.tensor([[4, 0, 6], [2, 5, 1]], dtype=torch.int32)
+    k_pool = torch.full((7, cfg.num_key_value_heads, block, cfg.head_dim), POISON, dtype=torch.bfloat16)
+    v_pool = k_pool.clone()
+    k_one, v_one = k_pool.clone(), v_pool.clone()
+    r = qwenlayers.prefill_tp(cfg, w, hidden, seq_lens, tp=2, k_cache=k_pool, v_cache=v_pool, block_table=table,
+                              platform=runnable_platform.name, check=True)
+    assert r.report.within_tolerance, r.report.check_failures
+    qwenlayers.prefill(cfg, w, hidden, seq_lens, k_cache=k_one, v_cache=v_one, block_table=table, platform=runnable_platform.name)
+    assert torch.equal(k_pool, k_one) and torch.equal(v_pool, v_one)
+    assert torch.equal(k_pool[3], torch.full_like(k_pool[3], POISON))  # a block no sequence reaches

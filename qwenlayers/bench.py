@@ -25,7 +25,7 @@ from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.weights import LayerWeights
 from qwenlayers.core.work import layer_work
 from qwenlayers.errors import InputError, QwenlayersError
-from qwenlayers.inputs import cost_model_inputs, random_inputs
+from qwenlayers.inputs import cost_model_inputs, paged, random_inputs
 from qwenlayers.layer import decode, prefill
 from qwenlayers.registry import PlatformRegistry, get_registry
 from qwenlayers.runtime.calibration import calibrate
@@ -74,11 +74,16 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
     budgets: Sequence[str | None] = (None,),
     cache: bool = True,
+    paged_block: int = 0,
 ) -> tuple[list[BenchPoint], Path]:
     """Run every (platform, budget set, batch, seq_len) point; returns the points and the plot's path.
 
     ``budgets`` lists the budget sets to run each platform under (None: the plugin's own; e.g.
     ``[None, "pypto-lib"]`` shows both side by side).
+
+    ``paged_block`` > 0 runs every point through paged caches of that block size with shuffled
+    tables (:func:`qwenlayers.inputs.paged`), and also the contiguous layout at the same plan
+    (cost model only): ``record["paged"]`` has both times and their ratio.
 
     With ``baseline``, each point also runs the reference-schedule baseline of its phase
     (:mod:`qwenlayers.core.kernels.reference`) in the same process, cost model only, and records
@@ -107,9 +112,11 @@ def run_bench(
                 args = (random_inputs(cfg, phase, lens, seed=seed, max_seq=max_seq) if check
                         else cost_model_inputs(cfg, phase, lens, max_seq=max_seq))
                 run = decode if phase == "decode" else prefill
-                result = run(cfg, weights, **args, platform=one, check=check, values=check, keep=True, registry=reg,
+                ours = paged(args, cfg, phase, paged_block, seed=seed) if paged_block else args
+                result = run(cfg, weights, **ours, platform=one, check=check, values=check, keep=True, registry=reg,
                              cache=cache)
                 rep = result.report
+                layout = _contiguous_beside(phase, cfg, weights, args, one, reg, rep, paged_block, cache) if paged_block else None
                 trace = (_earlier_trace(out_dir, rep.cache_key) if rep.from_cache else
                          _keep_trace(rep.trace, rep.run_dir, out_dir, f"{stamp}-{target.name}-{target.budgets.name}-{phase}-b{batch}-l{seq_len}"))
                 work = layer_work(cfg, phase, lens)
@@ -134,12 +141,24 @@ def run_bench(
                     "plan": rep.plan, "trace": str(trace) if trace else None, "max_abs_err": rep.max_abs_err,
                     "within_tolerance": rep.within_tolerance, "from_cache": rep.from_cache, "cache_key": rep.cache_key,
                     "baseline": _baseline_or_reason(phase, cfg, weights, args, one, reg, rep, say, cache) if baseline else None,
+                    "paged": layout,
                 }
                 with (out_dir / "bench.jsonl").open("a") as f:
                     f.write(json.dumps(record, default=str) + "\n")
                 points.append(BenchPoint(target.name, batch, seq_len, record, target.budgets.name))
     plot = plot_points(points, out_dir / f"{stamp}-{cfg.name}-{phase}.png", f"{cfg.name} {phase}")
     return points, plot
+
+
+def _contiguous_beside(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target,
+                       reg: PlatformRegistry, ours: Any, block: int, cache: bool) -> dict[str, Any]:
+    """A paged point's contiguous twin: the same call and plan on contiguous caches, cost model only."""
+    run = decode if phase == "decode" else prefill
+    same_plan = {k: v for k, v in ours.plan.items() if k not in ("phase", "source", "origin")}
+    contiguous = run(cfg, weights, **args, platform=target, values=False, plan=same_plan, registry=reg, cache=cache).report
+    return {"block": block, "paged_sim_us": ours.sim_us, "contiguous_sim_us": contiguous.sim_us,
+            "ratio": ours.sim_us / contiguous.sim_us if ours.sim_us and contiguous.sim_us else None,
+            "contiguous_tasks": contiguous.tasks}
 
 
 def _baseline_or_reason(phase: Phase, cfg: Any, weights: LayerWeights, args: dict[str, Any], target: Target,

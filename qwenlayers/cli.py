@@ -368,6 +368,8 @@ def run(
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", metavar="",
                                          help="Run even with NaN/Inf in the weights (refused by default); the check then fails."),
     no_cache: NoCacheOpt = False,
+    paged: bool = typer.Option(False, "--paged", metavar="", help="Caches as block pools with shuffled block tables (docs/paged.md)."),
+    block_size: int = typer.Option(128, "--block-size", help="Rows per block with --paged."),
 ) -> None:
     """Run one Qwen3 layer on a platform with random inputs and show where the time goes.
 
@@ -388,46 +390,55 @@ def run(
             w = LayerWeights.random(cfg, seed=seed)
         lens = _seq_lens(batch, seq_len, seq_lens, cfg.max_seq)
         overrides = parse_overrides(tile)
+        from qwenlayers.inputs import paged as paged_inputs
+        from qwenlayers.inputs import random_inputs
+
+        inputs = random_inputs(cfg, phase, lens, seed=seed)
+        if paged:
+            inputs = paged_inputs(inputs, cfg, phase, block_size, seed=seed)
         if tp != 1:
             if schedule != "fused":
                 raise InputError("--tp runs the fused schedule only")
-            _run_tp(cfg, w, phase, lens, tp, platform, overrides, check and not cost_model_only, not cost_model_only, seed, as_json,
-                    budgets, allow_nonfinite)
+            _run_tp(cfg, w, phase, inputs, tp, platform, overrides, check and not cost_model_only, not cost_model_only,
+                    as_json, budgets, allow_nonfinite)
             return
         with err.status(f"{cfg.name} {phase} on {platform or 'the default platform'} …") as status:
             def progress(msg: str) -> None:
                 status.update(f"{cfg.name} {phase}: {msg} …")
 
-            from qwenlayers.inputs import random_inputs
             from qwenlayers.layer import decode, prefill
 
             run_layer = decode if phase == "decode" else prefill
-            result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), platform=platform, budgets=budgets,
+            result = run_layer(cfg, w, **inputs, platform=platform, budgets=budgets,
                                plan=overrides, check=check and not cost_model_only, keep=keep, values=not cost_model_only,
                                verify_passes=verify_passes, schedule=schedule, progress=progress, allow_nonfinite=allow_nonfinite,
                                cache=False if no_cache else None)
     rep = result.report
+    layout = ({"block": block_size, "num_blocks": int(inputs["k_cache"].shape[0]), "table": list(inputs["block_table"].shape)}
+              if paged else None)
     if as_json:
-        print(json.dumps(rep.as_dict(), indent=2, default=str))
+        print(json.dumps({**rep.as_dict(), "paged": layout}, indent=2, default=str))
     else:
         ok = "" if rep.within_tolerance is None else (" [green]PASS[/]" if rep.within_tolerance else " [red]FAIL[/]")
         out.print(_layer_table(f"{phase} on {rep.platform}{ok}", rep))
+        if layout:
+            out.print(f"caches: paged, {layout['num_blocks']} blocks of {block_size} rows in the pools, block table "
+                      f"{layout['table'][0]} x {layout['table'][1]} (shuffled)")
     if rep.within_tolerance is False:
         raise typer.Exit(4)
 
 
-def _run_tp(cfg: Any, w: Any, phase: str, lens: list[int], tp: int, platform: str | None, overrides: dict[str, int],
-            check: bool, values: bool, seed: int, as_json: bool, budgets: str | None = None, allow_nonfinite: bool = False) -> None:
+def _run_tp(cfg: Any, w: Any, phase: str, inputs: dict[str, Any], tp: int, platform: str | None, overrides: dict[str, int],
+            check: bool, values: bool, as_json: bool, budgets: str | None = None, allow_nonfinite: bool = False) -> None:
     """``run --tp N``: spawn N ranks here, or be one rank of torchrun's (rank 0 prints)."""
     import os
 
-    from qwenlayers.inputs import random_inputs
     from qwenlayers.tensor_parallel import decode_tp, prefill_tp
 
     launcher = "env" if {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ) else "spawn"
     with err.status(f"{cfg.name} {phase} over {tp} ranks …") as status:
         run_layer = decode_tp if phase == "decode" else prefill_tp
-        result = run_layer(cfg, w, **random_inputs(cfg, phase, lens, seed=seed), tp=tp, platform=platform, budgets=budgets,
+        result = run_layer(cfg, w, **inputs, tp=tp, platform=platform, budgets=budgets,
                            plan=overrides, check=check, values=values, launcher=launcher, progress=lambda m: status.update(m + " …"),
                            allow_nonfinite=allow_nonfinite)
     if result is None:  # a torchrun rank other than 0
@@ -489,6 +500,8 @@ def bench(
     results: str | None = typer.Option(None, "--results", help="Results folder (default: the user data dir)."),
     as_json: JsonOpt = False,
     no_cache: NoCacheOpt = False,
+    paged: bool = typer.Option(False, "--paged", metavar="", help="Paged caches (shuffled block tables), next to the contiguous layout."),
+    block_size: int = typer.Option(128, "--block-size", help="Rows per block with --paged."),
 ) -> None:
     """Sweep a layer over sizes and platforms: simulated µs, tasks, pipes, FLOPs, bytes, roofline.
 
@@ -506,7 +519,8 @@ def bench(
                 points, plot_path = run_bench(phase, model, batches, lens, platform or [None], check=check, baseline=baseline,
                                               budgets=budgets or [None],
                                               results=Path(results) if results else None, cache=not no_cache,
-                                              progress=lambda m: status.update(m + " …"))
+                                              progress=lambda m: status.update(m + " …"),
+                                              paged_block=block_size if paged else 0)
     if as_json:
         print(json.dumps([p.record for p in points], indent=2, default=str))
         return
@@ -527,6 +541,12 @@ def bench(
                       f"{100 * (r['roofline_fraction'] or 0):.2f} %", f"{100 * (r['nominal_roofline_fraction'] or 0):.2f} %",
                       f"{r['compile_s']:.1f}", f"{r['peak_rss_mb'] / 1024:.1f}", *ref_cells)
     out.print(table)
+    for p in points:
+        layout = p.record.get("paged")
+        if layout:
+            out.print(f"paged ({layout['block']}-row blocks, shuffled tables) at {p.batch} x {p.seq_len} on {p.label}: "
+                      f"{layout['paged_sim_us']:.1f} µs; contiguous at the same plan {layout['contiguous_sim_us']:.1f} µs "
+                      f"(paged / contiguous {layout['ratio']:.3f})")
     out.print(f"history: {plot_path.parent / 'bench.jsonl'}")
     out.print(f"plot: {plot_path}")
     out.print(f"Perfetto traces (open in ui.perfetto.dev): {', '.join(str(p.record['trace']) for p in points)}")

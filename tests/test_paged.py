@@ -288,3 +288,39 @@ def test_tensor_parallel_prefill_writes_the_pools_through_the_table(runnable_pla
     qwenlayers.prefill(cfg, w, hidden, seq_lens, k_cache=k_one, v_cache=v_one, block_table=table, platform=runnable_platform.name)
     assert torch.equal(k_pool, k_one) and torch.equal(v_pool, v_one)
     assert torch.equal(k_pool[3], torch.full_like(k_pool[3], POISON))  # a block no sequence reaches
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("args", [
+    ["run", "--paged", "--block-size", "16", "--seq-lens", "1,16,17,40"],
+    ["run", "--phase", "prefill", "--paged", "--block-size", "64", "--seq-lens", "5,70"],
+    ["run", "--paged", "--block-size", "16", "--seq-lens", "3,20", "--tp", "2"],
+])
+def test_cli_run_paged(runnable_platform, args):
+    import json
+
+    from typer.testing import CliRunner
+
+    from qwenlayers.cli import app
+
+    res = CliRunner().invoke(app, [*args, "--platform", runnable_platform.name, "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["within_tolerance"] is True
+    if "--tp" not in args:
+        assert data["paged"]["block"] == int(args[args.index("--block-size") + 1])
+
+
+@pytest.mark.sim
+def test_cli_bench_paged_sets_the_paged_time_beside_the_contiguous_one(runnable_platform, tmp_path):
+    from typer.testing import CliRunner
+
+    from qwenlayers.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--paged", "--block-size", "16", "--batch", "2", "--seq-len", "40", "--no-baseline",
+                                   "--platform", runnable_platform.name, "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "paged (16-row blocks, shuffled tables) at 2 x 40" in res.output and "paged / contiguous" in res.output

@@ -172,3 +172,23 @@ def gather(pool: torch.Tensor, table: torch.Tensor, lens: Sequence[int], block: 
         for j in range(blocks_needed(n, block)):
             out[b, :, j * block : (j + 1) * block] = pool[int(table[b, j])]
     return out
+
+
+def shuffled_pools(k_cache: torch.Tensor, v_cache: torch.Tensor, block: int, *, seed: int = 0,
+                   spare: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous caches [B, KVH, ROWS, D] moved into pools of ``block``-row blocks in a shuffled
+    order (as a serving stack's allocator leaves them after a while), with ``spare`` blocks no
+    sequence owns; returns (k_pool, v_pool, block_table). ROWS is padded up to whole blocks."""
+    b, kvh, rows, d = k_cache.shape
+    per = blocks_needed(rows, block)
+    total = b * per + spare
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    table = order[: b * per].view(b, per).to(torch.int32)
+    k_pool = torch.zeros(total, kvh, block, d, dtype=k_cache.dtype)
+    v_pool = torch.zeros_like(k_pool)
+    padded = per * block
+    for src, pool in ((k_cache, k_pool), (v_cache, v_pool)):
+        full = torch.zeros(b, kvh, padded, d, dtype=src.dtype)
+        full[:, :, :rows] = src
+        pool[table.reshape(-1).long()] = full.view(b, kvh, per, block, d).transpose(1, 2).reshape(b * per, kvh, block, d)
+    return k_pool, v_pool, table

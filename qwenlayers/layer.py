@@ -316,7 +316,8 @@ def decode(
     def job_for(sl: slice, part: str = "layer") -> tuple[DecodeJob, torch.Tensor, torch.Tensor]:
         table = None
         if call.paged is not None and block_table is not None:  # the blocks the chunk reaches, renumbered (core.paged.compact)
-            pools = pooled[sl.start or 0] = compact(k_cache, v_cache, block_table[sl], lens[sl], call.paged.block)
+            pools = pooled[sl.start or 0] = compact(k_cache, v_cache, block_table[sl], lens[sl], call.paged.block,
+                                                    the_plan.kv_block // call.paged.block)
             kc, vc, table = pools.k, pools.v, pools.table
         else:
             rows = cache_rows_needed(lens[sl], st)

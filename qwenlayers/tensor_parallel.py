@@ -396,7 +396,8 @@ def decode_tp(
     job = _prepare(call, tp, values, timeout_s, fault_rank, timed, cache)
     pools = None
     if call.paged is not None and call.block_table is not None:  # the blocks the call reaches, renumbered
-        pools = compact(k_cache, v_cache, call.block_table, call.lens, call.paged.block)
+        pools = compact(k_cache, v_cache, call.block_table, call.lens, call.paged.block,
+                        call.plan.kv_block // call.paged.block)
         job = replace(job, block_table=pools.table)
     start = time.perf_counter()
     before = tuple(c.clone() for c in logical_caches(call)) if check else None

@@ -39,26 +39,33 @@ def changed_slots(before, after):
     return sorted(map(tuple, as_int.any(dim=(1, 3)).nonzero().tolist()))
 
 
+def plan_values(result):
+    """A report's plan as overrides: the same program for a contiguous run."""
+    return {k: v for k, v in result.report.plan.items() if k not in ("origin", "phase", "source")}
+
+
 def edge_lens(block):
     return [1, block - 1, block, block + 1, 3 * block + 5]
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("block", [16, 64, 128])
-def test_paged_decode_equals_contiguous_bit_for_bit_and_writes_one_slot(runnable_platform, block):
+@pytest.mark.parametrize("block, kv_blocks", [(16, 1), (16, 4), (64, 2), (128, 1)])
+def test_paged_decode_equals_contiguous_bit_for_bit_and_writes_one_slot(runnable_platform, block, kv_blocks):
+    """One block per attention iteration, or several (Q @ K^T and P @ V per block, the softmax
+    over all of them; lengths that end inside any block of an iteration)."""
+    plan = {"kv_block": kv_blocks * block, "seq_tile": min(block, 64), "qk_cols": min(block, 64)}
     cfg = preset("tiny")
     w = qwenlayers.LayerWeights.random(cfg, seed=1)
     lens = edge_lens(block)
     inputs = random_inputs(cfg, "decode", lens, seed=2, max_seq=4 * block)
     k_pool, v_pool, table = paged_copy(inputs["k_cache"], inputs["v_cache"], block)
     k0, v0 = k_pool.clone(), v_pool.clone()
-    plan = {"kv_block": block, **({"seq_tile": block} if block < 64 else {})}
-    contiguous = qwenlayers.decode(cfg, w, **inputs, platform=runnable_platform.name, plan=plan)
     paged = qwenlayers.decode(cfg, w, inputs["hidden"], k_pool, v_pool, inputs["seq_lens"], block_table=table,
-                              platform=runnable_platform.name, check=True)
+                              platform=runnable_platform.name, check=True, plan=plan)
     assert paged.report.within_tolerance, paged.report.check_failures
+    assert paged.report.plan["kv_block"] == kv_blocks * block  # whole blocks per attention iteration
+    contiguous = qwenlayers.decode(cfg, w, **inputs, platform=runnable_platform.name, plan=plan_values(paged))
     assert torch.equal(paged.out, contiguous.out)
-    assert paged.report.plan["kv_block"] == block and paged.report.plan["origin"]["kv_block"] == "paged block"
     assert paged.report.sim_us == pytest.approx(contiguous.report.sim_us, rel=0.05)
     want = sorted((int(table[b, (n - 1) // block]), (n - 1) % block) for b, n in enumerate(lens))
     assert changed_slots(k0, k_pool) == want and changed_slots(v0, v_pool) == want
@@ -86,10 +93,10 @@ def test_blocks_shared_by_a_common_prefix_are_read_by_every_sequence(runnable_pl
     # the same rows laid out contiguously: the shared blocks copied into every sequence
     k_cache = torch.stack([torch.cat([k_pool[int(i)] for i in row], dim=1) for row in table])
     v_cache = torch.stack([torch.cat([v_pool[int(i)] for i in row], dim=1) for row in table])
-    contiguous = qwenlayers.decode(cfg, w, hidden, k_cache, v_cache, seq_lens, platform=runnable_platform.name,
-                                   plan={"kv_block": block, "seq_tile": block})
     paged = qwenlayers.decode(cfg, w, hidden, k_pool, v_pool, seq_lens, block_table=table, platform=runnable_platform.name,
                               check=True)
+    contiguous = qwenlayers.decode(cfg, w, hidden, k_cache, v_cache, seq_lens, platform=runnable_platform.name,
+                                   plan=plan_values(paged))
     assert paged.report.within_tolerance, paged.report.check_failures
     assert torch.equal(paged.out, contiguous.out)
     assert changed_slots(k0, k_pool) == sorted([(7, 0), (0, 7), (4, 14)])  # never the shared blocks 5 and 2
@@ -110,9 +117,8 @@ def test_decode_steps_through_the_table_follow_the_contiguous_ones(runnable_plat
     for step in range(1, 4):
         lens = torch.tensor([n + step for n in prompt], dtype=torch.int32)
         x = torch.randn(3, cfg.hidden_size, generator=torch.Generator().manual_seed(10 + step)).bfloat16()
-        one = qwenlayers.decode(cfg, w, x, k_cache, v_cache, lens, platform=runnable_platform.name,
-                                plan={"kv_block": block, "seq_tile": block})
         two = qwenlayers.decode(cfg, w, x, k_pool, v_pool, lens, block_table=table, platform=runnable_platform.name)
+        one = qwenlayers.decode(cfg, w, x, k_cache, v_cache, lens, platform=runnable_platform.name, plan=plan_values(two))
         assert torch.equal(one.out, two.out), step
         for b, n in enumerate(lens.tolist()):
             assert torch.equal(k_pool[int(table[b, (n - 1) // block]), :, (n - 1) % block], k_cache[b, :, n - 1])
@@ -131,11 +137,6 @@ def test_a_paged_decode_split_into_batch_chunks_sends_each_chunk_its_own_blocks(
                           platform=runnable_platform.name, check=True)
     assert len(r.report.chunks) > 1 and r.report.within_tolerance, r.report.check_failures
     assert r.report.timing_from == "whole-batch cost-model run" and r.report.sim_us > 0
-
-
-def plan_values(result):
-    """A report's plan as overrides: the same program for a contiguous run."""
-    return {k: v for k, v in result.report.plan.items() if k not in ("origin", "phase", "source")}
 
 
 @pytest.mark.sim
@@ -235,8 +236,8 @@ def test_a_write_into_a_slot_another_sequence_reads_is_refused(platform):
 def test_tiles_that_do_not_fit_the_block_size_and_the_reference_schedule_are_refused(platform):
     cfg, w, inputs, k_pool, v_pool, table = _paged_inputs()
     args = (cfg, w, inputs["hidden"], k_pool, v_pool, inputs["seq_lens"])
-    with pytest.raises(TilingError, match=r"kv_block=32 \(from user\) but the paged cache's blocks hold 16 rows"):
-        qwenlayers.decode(*args, block_table=table, platform=platform.name, plan={"kv_block": 32})
+    with pytest.raises(TilingError, match=r"kv_block=24 \(from user\) is not a multiple of the paged cache.s 16-row blocks"):
+        qwenlayers.decode(*args, block_table=table, platform=platform.name, plan={"kv_block": 24, "seq_tile": 8, "qk_cols": 8, "score_cols": 8})
     with pytest.raises(InputError, match="reference schedule uses contiguous caches only"):
         qwenlayers.decode(*args, block_table=table, platform=platform.name, schedule="reference")
     prompt = torch.zeros(2, 20, cfg.hidden_size, dtype=torch.bfloat16)

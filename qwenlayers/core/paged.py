@@ -144,12 +144,14 @@ class CompactPools:
     ids: list[int]
 
 
-def compact(k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor, lens: Sequence[int], block: int) -> CompactPools:
+def compact(k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor, lens: Sequence[int], block: int,
+            per_iteration: int = 1) -> CompactPools:
     """Copy the blocks ``lens`` reach (in first-use order) and renumber ``table`` to them; entries
-    past a sequence's last block become 0 (never read)."""
+    past a sequence's last block become 0 (read, but cut to no rows). The table is padded to
+    whole ``per_iteration`` groups: an attention iteration reads that many entries."""
     ids: list[int] = []
     index: dict[int, int] = {}
-    width = max(blocks_needed(n, block) for n in lens)
+    width = blocks_needed(max(blocks_needed(n, block) for n in lens), per_iteration) * per_iteration
     new = torch.zeros(len(lens), width, dtype=torch.int32)
     for b, n in enumerate(lens):
         for j in range(blocks_needed(n, block)):

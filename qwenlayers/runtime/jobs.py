@@ -119,7 +119,8 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
         where = cache_write_index(j.seq_lens, kvh)
         shape = DecodeShape(batch, max_seq, j.tilelet_bytes)
         kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
-    tail = [j.cos, j.sin, kc, vc, table, j.seq_lens, *where, attn, out]
+    scores = torch.zeros(shape.score_dims(kvh, cfg.group_size, plan.kv_block), dtype=torch.float32)  # see DecodeShape
+    tail = [j.cos, j.sin, kc, vc, table, j.seq_lens, *where, attn, scores, out]
     if j.schedule == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
 

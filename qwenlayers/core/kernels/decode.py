@@ -36,7 +36,7 @@ from qwenlayers.core.kernels.layer_blocks import (
     o_proj_out,
     project_qkv,
 )
-from qwenlayers.core.kernels.online_softmax import online_softmax_fn
+from qwenlayers.core.kernels.online_softmax import online_softmax_fn, paged_online_softmax_fn
 from qwenlayers.core.tiling import TilingPlan, batch_tile_rows
 
 
@@ -56,6 +56,15 @@ class DecodeShape:
     block: int = 0  # a paged cache (core.paged): rows per block; 0: contiguous caches
     num_blocks: int = 0  # blocks in the pools the kernel gets
     max_blocks: int = 1  # block-table entries per sequence
+
+    def score_dims(self, kv_heads: int, group: int, kv_block: int) -> tuple[int, int, int]:
+        """The GM workspace of a paged iteration's scores, [B*KVH, G, KV_BLOCK] fp32 when an
+        iteration reads several blocks ([1, 1, 1], unread, otherwise): a local tensor assembled
+        block by block inside the loop is lost by pypto 0.2.0's interpreter (FB100E, a missing
+        slot; workaround pypto-loop-results-through-gm)."""
+        if self.block and kv_block > self.block:
+            return (self.batch * kv_heads, group, kv_block)
+        return (1, 1, 1)
 
     @property
     def cache_dims(self) -> tuple[int, int]:
@@ -98,9 +107,14 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
     rows, cols = shape.cache_dims
-    cache_heads, paged = rows * kvh, shape.block > 0
-    if paged and kb != shape.block:
-        raise ValueError(f"a paged decode runs one block per attention iteration: kv_block {kb} != block {shape.block}")
+    cache_heads, paged, blk_rows = rows * kvh, shape.block > 0, shape.block
+    if paged and kb % blk_rows:
+        raise ValueError(f"a paged decode reads whole blocks per attention iteration: kv_block {kb} is not a multiple of "
+                         f"block {blk_rows}")
+    # several blocks per iteration: Q @ K^T and P @ V per block, the softmax over all of them
+    per_iter = kb // blk_rows if paged else 1
+    multi = per_iter > 1
+    score_dims = shape.score_dims(kvh, g, kb)
 
     def kv_view(cache: Any, table: Any, b: Any, blk: Any, valid: Any) -> Any:
         """One iteration's [KVH, KV_BLOCK, D] rows, straight from the full cache (a view taken in
@@ -111,6 +125,22 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
         return pypto.view(cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
 
     softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
+    paged_step = (paged_online_softmax_fn((kvh, g), kb, d, ([g, g], [st, min(pv_l1, blk_rows)], [d, d]), (1, qhb, d),
+                                          blk_rows, cache_heads, (b_rows, shape.max_blocks)) if multi else None)
+
+    def block_scores(qg: Any, cache: Any, table: Any, b: Any, blk: Any, valid: Any, scores: Any) -> Any:
+        """Q @ K^T of one iteration's blocks, each into its columns of sequence ``b``'s rows of the
+        ``scores`` workspace [B*KVH, G, KV_BLOCK]. The first block's scores are stored twice: the
+        last store before the read is not seen by it (workaround pypto-last-store-before-read)."""
+        first = None
+        for j in range(per_iter):
+            vj = (valid - j * blk_rows).max(0).min(blk_rows)
+            kj = pypto.view(cache, [kvh, blk_rows, d], [table[b, blk * per_iter + j] * kvh, 0, 0], valid_shape=[kvh, vj, d])
+            sj = pypto.matmul(qg, kj, fp32, b_trans=True)
+            first = sj if first is None else first
+            pypto.assemble(sj, [b * kvh, 0, j * blk_rows], scores)
+        pypto.assemble(first, [b * kvh, 0, 0], scores)  # the same values again, so no block's store is the lost one
+        return pypto.view(scores, [kvh, g, kb], [b * kvh, 0, 0])
     write_tile = batch_tile_rows(2 * d, shape.tilelet_bytes, heads)  # not "write_rows": that name is an argument below
 
     @pypto.frontend.function
@@ -125,10 +155,11 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
         write_heads: pypto.Tensor((heads,), i32),
         write_rows: pypto.Tensor((heads,), i32),
         attn: pypto.Tensor((heads, g, d), bf16),
+        scores: pypto.Tensor(score_dims, fp32),
     ):
         # pypto re-reads the annotations from the closure when inlining; names only used there
         # are not closure cells unless the body mentions them
-        _annotation_names = (heads, shape, bf16, i32, cache_heads, cols)  # noqa: F841
+        _annotation_names = (heads, shape, bf16, i32, cache_heads, cols, per_iter, blk_rows, paged, score_dims)  # noqa: F841
         # The cache write: every sequence's new row in one scatter before the attention loop.
         # Written per sequence inside the loop (pypto-lib's and the spike's shape), each write
         # orders all later cache reads behind it and the sequences run one after another:
@@ -146,15 +177,19 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
             # chain is ceil(L / KV_BLOCK) long, not ceil(L / SEQ_TILE)
             for blk in pypto.loop((length + kb - 1) // kb, name="LOOP_kv", idx_name="blk"):
                 valid = (length - blk * kb).min(kb)
-                kv_k = kv_view(k_cache, block_table, b, blk, valid)
-                kv_v = kv_view(v_cache, block_table, b, blk, valid)
                 # QK_COLS cache rows per cube step in one copy, head_dim split to keep the L0 tile
                 pypto.set_cube_tile_shapes([g, g], [qk_k0, d], [qk, qk])
-                s = pypto.matmul(qg, kv_k, fp32, b_trans=True)  # [KVH, G, KB], cube tiles of QK_COLS columns
+                if multi:
+                    s = block_scores(qg, k_cache, block_table, b, blk, valid, scores)
+                else:
+                    s = pypto.matmul(qg, kv_view(k_cache, block_table, b, blk, valid), fp32, b_trans=True)  # [KVH, G, KB]
                 s = pypto.view(s, [kvh, g, kb], [0, 0, 0], valid_shape=[kvh, g, valid])
                 pypto.set_vec_tile_shapes(1, qhb, t.score_cols)
                 s = s * scale
-                softmax_step(s, kv_v, acc, m_i, l_i, blk)
+                if multi:
+                    paged_step(s, v_cache, block_table, acc, m_i, l_i, b, blk, valid)
+                else:
+                    softmax_step(s, kv_view(v_cache, block_table, b, blk, valid), acc, m_i, l_i, blk)
                 if pypto.is_loop_end(blk):
                     pypto.assemble(pypto.cast(acc / l_i, bf16), [b * kvh, 0, 0], attn)
 
@@ -205,13 +240,14 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
+        scores: pypto.Tensor(shape.score_dims(kvh, g, plan.kv_block), fp32),
         out: pypto.Tensor((b_rows, h), bf16),
     ):
         blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn, scores)
         # reduction point 1 (a tensor-parallel rank stops before the residual: residual=False)
         resid = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, True)
         down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
@@ -261,12 +297,13 @@ def build_decode_attention(
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
+        scores: pypto.Tensor(shape.score_dims(kvh, g, plan.kv_block), fp32),
         resid: pypto.Tensor((b_rows, h), out_dtype),
     ):
         blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn, scores)
         resid[:] = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, residual)
 
     return qwen3_decode_attention

@@ -66,3 +66,66 @@ def online_softmax_fn(rows: tuple[int, ...], key_block: int, head_dim: int, pv_c
             os_acc[:] = os_acc * alpha + o
 
     return online_softmax_step
+
+
+def paged_online_softmax_fn(rows: tuple[int, ...], key_block: int, head_dim: int, pv_cube: TileShapes,
+                            acc_vec: tuple[int, ...], block: int, pool_rows: int, table_shape: tuple[int, int]) -> Any:
+    """:func:`online_softmax_fn` for a key block of ``key_block // block`` blocks of a paged
+    value pool [pool_rows, block, head_dim] (rows: block id x KVH + head): P @ V runs per block,
+    each block found through the table row of sequence ``os_b`` (entries ``os_blk * n + j``) and
+    cut to the rows ``os_valid`` leaves it (a block past the sequence contributes nothing)."""
+    import pypto
+
+    bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
+    n, kvh = key_block // block, rows[0]
+    score_shape, acc_shape, state_shape = (*rows, key_block), (*rows, head_dim), (*rows, 1)
+
+    def pv(p: Any, pool: Any, table: Any, b: Any, blk: Any, valid: Any) -> Any:
+        """P @ V block by block, summed (cube tiles as set, the sum in the accumulator's tiles)."""
+        o = None
+        for j in range(n):
+            vj = (valid - j * block).max(0).min(block)
+            pj = pypto.view(p, [*rows, block], [0] * len(rows) + [j * block], valid_shape=[*rows, vj])
+            vb = pypto.view(pool, [kvh, block, head_dim], [table[b, blk * n + j] * kvh, 0, 0], valid_shape=[kvh, vj, head_dim])
+            pypto.set_cube_tile_shapes(*pv_cube)
+            part = pypto.matmul(pj, vb, fp32)
+            pypto.set_vec_tile_shapes(*acc_vec)
+            o = part if o is None else o + part
+        return o
+
+    @pypto.frontend.function
+    def paged_online_softmax_step(
+        os_s: pypto.Tensor(score_shape, fp32),
+        os_pool: pypto.Tensor((pool_rows, block, head_dim), bf16),
+        os_table: pypto.Tensor(table_shape, i32),
+        os_acc: pypto.Tensor(acc_shape, fp32),
+        os_m: pypto.Tensor(state_shape, fp32),
+        os_l: pypto.Tensor(state_shape, fp32),
+        os_b,
+        os_blk,
+        os_valid,
+    ):
+        # the parser reads a called helper's free names from this body's closure (module doc)
+        _annotation_names = (score_shape, acc_shape, state_shape, pool_rows, table_shape, bf16, i32, fp32,  # noqa: F841
+                             block, n, kvh, head_dim, rows, pv_cube, acc_vec)
+        m_blk = pypto.amax(os_s, -1, keepdim=True)
+        if pypto.is_loop_begin(os_blk):
+            p = pypto.exp(os_s - m_blk)
+            os_l[:] = pypto.sum(p, -1, keepdim=True)
+            os_m[:] = m_blk
+            pypto.set_cube_tile_shapes(*pv_cube)
+            o = pv(pypto.cast(p, bf16), os_pool, os_table, os_b, os_blk, os_valid)
+            pypto.set_vec_tile_shapes(*acc_vec)
+            os_acc[:] = o
+        else:
+            m_new = pypto.maximum(os_m, m_blk)
+            p = pypto.exp(os_s - m_new)
+            alpha = pypto.exp(os_m - m_new)
+            os_l[:] = os_l * alpha + pypto.sum(p, -1, keepdim=True)
+            os_m[:] = m_new
+            pypto.set_cube_tile_shapes(*pv_cube)
+            o = pv(pypto.cast(p, bf16), os_pool, os_table, os_b, os_blk, os_valid)
+            pypto.set_vec_tile_shapes(*acc_vec)
+            os_acc[:] = os_acc * alpha + o
+
+    return paged_online_softmax_step

@@ -66,7 +66,8 @@ def test_paged_decode_equals_contiguous_bit_for_bit_and_writes_one_slot(runnable
     assert paged.report.plan["kv_block"] == kv_blocks * block  # whole blocks per attention iteration
     contiguous = qwenlayers.decode(cfg, w, **inputs, platform=runnable_platform.name, plan=plan_values(paged))
     assert torch.equal(paged.out, contiguous.out)
-    assert paged.report.sim_us == pytest.approx(contiguous.report.sim_us, rel=0.05)
+    if kv_blocks == 1:  # the same program but for where the rows are found: the same time
+        assert paged.report.sim_us == pytest.approx(contiguous.report.sim_us, rel=0.05)
     want = sorted((int(table[b, (n - 1) // block]), (n - 1) % block) for b, n in enumerate(lens))
     assert changed_slots(k0, k_pool) == want and changed_slots(v0, v_pool) == want
     for b, n in enumerate(lens):  # the written rows are the contiguous run's

@@ -1,7 +1,7 @@
 """Paged KV caches: the layout, the block-table contract, and where each row lives.
 
 Serving stacks keep the KV cache in fixed-size blocks from one shared pool and give each
-sequence a block table. qwenlayers' paged layout:
+sequence a block table (docs/paged.md). qwenlayers' paged layout:
 
 * ``k_cache`` / ``v_cache`` pools ``[num_blocks, KVH, BLOCK, D]`` bf16: block ``n``, KV head
   ``h``, slot ``s`` holds one row of D;
@@ -11,9 +11,9 @@ sequence a block table. qwenlayers' paged layout:
 
 Heads sit outside the block's rows, so one (block, head) is a contiguous [BLOCK, D] tile: the
 same tile the contiguous kernels read per attention iteration, now found through the table.
-vLLM's and vLLM-Ascend's [num_blocks, block_size, KVH, D] would make every such tile a strided
-gather of KVH-interleaved rows; a caller holding that layout transposes each pool once
-(``pool.transpose(1, 2).contiguous()``), not per step.
+The [num_blocks, block_size, KVH, D] layout some serving stacks use would make every such tile a
+strided gather of KVH-interleaved rows; a caller holding that layout converts a pool with
+``pool.transpose(1, 2).contiguous()``.
 
 Blocks may be shared between sequences (a common prefix, as prefix caching shares it) for
 reading. A call refuses what would make the result depend on the order the sequences run in:

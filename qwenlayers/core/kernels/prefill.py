@@ -55,11 +55,10 @@ class PrefillShape:
     num_blocks: int = 0  # blocks in the pools the kernel gets
     max_blocks: int = 1  # block-table entries per sequence
 
-    @property
-    def cache_len(self) -> int:
+    def cache_len(self, kv_heads: int) -> int:
         """Rows of the caches as the kernel sees them, [rows, D]: contiguous B*KVH*ROWS; paged,
         the pools' num_blocks*KVH*BLOCK."""
-        return self.num_blocks * self.block if self.block else self.batch * self.cache_rows
+        return (self.num_blocks * self.block if self.block else self.batch * self.cache_rows) * kv_heads
 
 
 def build_prefill(
@@ -149,8 +148,8 @@ def build_prefill(
         w_down: pypto.Tensor(lay["w_down"], bf16),
         cos: pypto.Tensor((n_tok, 1, d), fp32),
         sin: pypto.Tensor((n_tok, 1, d), fp32),
-        k_cache: pypto.Tensor((shape.cache_len, d), bf16),
-        v_cache: pypto.Tensor((shape.cache_len, d), bf16),
+        k_cache: pypto.Tensor((shape.cache_len(kvh), d), bf16),
+        v_cache: pypto.Tensor((shape.cache_len(kvh), d), bf16),
         block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
         work: pypto.Tensor((nw, len(WORK_COLUMNS)), i32),
         mask: pypto.Tensor(((1 + per_blk) * qrows, kb), fp32),

@@ -105,10 +105,9 @@ def prepare_call(
     if paged is not None and k_cache is not None and v_cache is not None and block_table is not None:
         contract.check_disjoint({"hidden": hidden, "k_cache": k_cache, "v_cache": v_cache, "seq_lens": seq_lens,
                                  "block_table": block_table}, w.tensors)
-        # the rows each sequence reads, gathered: the same finiteness rule as contiguous caches
-        logical = (gather(k_cache, block_table, lens, paged.block), gather(v_cache, block_table, lens, paged.block))
-        contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=logical[0], v_cache=logical[1],
-                                 allow_nonfinite=allow_nonfinite)
+        if not allow_nonfinite:  # the rows each sequence reads, gathered: the contiguous caches' finiteness rule
+            logical = (gather(k_cache, block_table, lens, paged.block), gather(v_cache, block_table, lens, paged.block))
+            contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=logical[0], v_cache=logical[1])
     else:
         contract.check_arguments(phase, hidden, seq_lens, lens, w.tensors, k_cache=k_cache, v_cache=v_cache,
                                  allow_nonfinite=allow_nonfinite)

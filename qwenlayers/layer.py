@@ -21,7 +21,7 @@ from qwenlayers.call import LayerCall, check_timed, logical_caches, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config
 from qwenlayers.core.kernels.prefill import WORKSPACES, work_items
-from qwenlayers.core.paged import compact, written_slots
+from qwenlayers.core.paged import compact
 from qwenlayers.core.platform import Platform
 from qwenlayers.core.tiling import TilingPlan
 from qwenlayers.core.weights import LayerWeights
@@ -295,7 +295,8 @@ def decode(
     ``block_table`` (int32 [B, max_blocks]) makes k_cache/v_cache block pools [num_blocks, KVH,
     BLOCK, D] (:mod:`qwenlayers.core.paged`): the new row goes to the block and slot
     ``seq_lens[b]-1`` maps to, the attention reads the sequence's blocks in table order, and
-    every other slot of the pools stays bit-identical. KV_BLOCK is then the block size.
+    every other slot of the pools stays bit-identical. KV_BLOCK is then a multiple of the block
+    size (whole blocks per attention iteration).
 
     Refused before any work (``InputError``, nothing changed): an empty batch, arguments that
     share memory, and a NaN or Inf in hidden, a weight or a cache row the attention reads
@@ -354,8 +355,7 @@ def decode(
                      keep=keep and single).outputs
         if call.paged is not None:
             pools = pooled[chunk.start]
-            slots = [s for seq in written_slots("decode", part, pools.table, call.paged.block) for s in seq]
-            collect_slots("decode", (kc, vc), o, slots, pools.ids, written)
+            collect_slots("decode", (kc, vc), o, pools.slots("decode", part, call.paged.block), pools.ids, written)
         else:
             collect_spans("decode", (kc, vc), o, [(n_tok - 1, n_tok) for n_tok in part], chunk.start, written)
         out[sl] = o["out"]  # the layer output, or the first residual when the MLP runs apart
@@ -482,8 +482,7 @@ def prefill(
                          keep=keep and len(chunks) == 1).outputs
         if call.paged is not None:
             pools = pooled[chunk.start]
-            slots = [s for seq in written_slots("prefill", part, pools.table, call.paged.block) for s in seq]
-            collect_slots("prefill", (kc, vc), o, slots, pools.ids, written)
+            collect_slots("prefill", (kc, vc), o, pools.slots("prefill", part, call.paged.block), pools.ids, written)
         else:
             collect_spans("prefill", (kc, vc), o, [(0, n_tok) for n_tok in part], chunk.start, written)
         scatter_packed(out, o["out"], part, chunk.start)

@@ -36,7 +36,7 @@ import torch
 from qwenlayers.call import LayerCall, check_timed, logical_caches, prepare_call
 from qwenlayers.core import packing
 from qwenlayers.core.config import Qwen3Config, as_config
-from qwenlayers.core.paged import CompactPools, compact, written_slots
+from qwenlayers.core.paged import CompactPools, compact
 from qwenlayers.core.platform import Phase, Platform
 from qwenlayers.core.sharding import ShardPlan, allreduce_bytes, shard_config, shard_plan
 from qwenlayers.core.tiling import TilingPlan
@@ -312,7 +312,7 @@ def _finish_paged(job: _Job, results: list[dict[str, Any]], k_pool: torch.Tensor
                   pools: CompactPools, block: int) -> None:
     """Every rank's pool shard changed only the call's slots; then they go into the caller's
     pools, one replica per KV head."""
-    slots = [s for seq in written_slots(job.phase, job.lens, pools.table, block) for s in seq]
+    slots = pools.slots(job.phase, job.lens, block)
     for sp, res in zip([shard_plan(job.config, job.tp, r) for r in range(job.tp)], results):
         kv = slice(*sp.kv_heads)
         written: list[WrittenSlot] = []

@@ -143,6 +143,10 @@ class CompactPools:
     table: torch.Tensor
     ids: list[int]
 
+    def slots(self, phase: Phase, lens: Sequence[int], block: int) -> list[tuple[int, int]]:
+        """Every (compact block, slot) the call writes, all sequences together."""
+        return [s for seq in written_slots(phase, lens, self.table, block) for s in seq]
+
 
 def compact(k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor, lens: Sequence[int], block: int,
             per_iteration: int = 1) -> CompactPools:

@@ -59,6 +59,13 @@ class GoldenLane:
         return out
 
 
+def _slowest_rank(report: Any) -> tuple[float, int]:
+    """A tensor-parallel report's compile seconds (the slowest rank's two programs) and peak MB."""
+    compile_s = max(float(rk.attention.get("compile_s") or 0) + float(rk.mlp.get("compile_s") or 0) for rk in report.ranks)
+    peak = max(int(p.get("peak_rss_mb") or 0) for rk in report.ranks for p in (rk.attention, rk.mlp))
+    return compile_s, peak
+
+
 @dataclass
 class PlatformLane:
     """The layers on the platform, bf16. Each layer's values come from a values-only run
@@ -106,9 +113,8 @@ class PlatformLane:
         r = self._call(phase, layer, w16, hidden, seq_lens, values=False, cache=self.cache).report
         if self.tp > 1:
             parts = [p for rank in r.ranks for p in (rank.attention, rank.mlp)]
-            timing = LayerTiming(r.sim_us, summed_tasks(p.get("tasks") or {} for p in parts),
-                                 max(float(rk.attention.get("compile_s") or 0) + float(rk.mlp.get("compile_s") or 0)
-                                     for rk in r.ranks), r.wall_s, max(int(p.get("peak_rss_mb") or 0) for p in parts))
+            compile_s, peak = _slowest_rank(r)
+            timing = LayerTiming(r.sim_us, summed_tasks(p.get("tasks") or {} for p in parts), compile_s, r.wall_s, peak)
             cached = all(p.get("from_cache") for p in parts)
         else:
             timing = LayerTiming(r.sim_us, dict(r.tasks), float(r.compile_s), float(r.wall_s), int(r.peak_rss_mb))
@@ -123,9 +129,7 @@ class PlatformLane:
         result = self._call(phase, layer, w16, hidden, seq_lens, timed=False)
         r = result.report
         if self.tp > 1:
-            values_compile = max(float(rk.attention.get("compile_s") or 0) + float(rk.mlp.get("compile_s") or 0)
-                                 for rk in r.ranks)
-            values_peak = max(int(p.get("peak_rss_mb") or 0) for rk in r.ranks for p in (rk.attention, rk.mlp))
+            values_compile, values_peak = _slowest_rank(r)
         else:
             values_compile = sum(float(c.get("compile_s") or 0) for c in r.chunks)
             values_peak = int(r.peak_rss_mb)

@@ -234,7 +234,8 @@ def test_a_write_into_a_slot_another_sequence_reads_is_refused(platform):
         qwenlayers.decode(cfg, w, inputs["hidden"], k_pool, v_pool, inputs["seq_lens"], block_table=table, platform=platform.name)
 
 
-def test_tiles_that_do_not_fit_the_block_size_and_the_reference_schedule_are_refused(platform):
+def test_tiles_that_do_not_fit_the_block_size_and_the_reference_schedule_are_refused(runnable_platform):
+    platform = runnable_platform  # the plan is fitted to a resolved target, so the target must be usable here
     cfg, w, inputs, k_pool, v_pool, table = _paged_inputs()
     args = (cfg, w, inputs["hidden"], k_pool, v_pool, inputs["seq_lens"])
     with pytest.raises(TilingError, match=r"kv_block=24 \(from user\) is not a multiple of the paged cache.s 16-row blocks"):

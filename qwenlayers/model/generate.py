@@ -149,9 +149,10 @@ def generate(
         raise InputError(f"tp={tp!r}; tensor-parallel ranks are an int >= 1")
     ckpt = replace(ckpt, shape=replace(ckpt.shape, layer=ckpt.shape.layer.with_max_seq(rows)))
     shape, cfg = ckpt.shape, ckpt.shape.layer
-    target = resolve_target(platform, budgets=budgets, registry=registry)
-    if tp > 1:  # refused now, not at the first layer: heads that do not split, a target with no collective backend
+    if tp > 1:  # refused before the platform is even looked at: heads that do not split are the model's fault
         check_tp(cfg, tp)
+    target = resolve_target(platform, budgets=budgets, registry=registry)
+    if tp > 1:  # and before the first layer: a target with no collective backend
         target.backend_for_tp()
     version, why_not = transformers_probe(ckpt.root) if check else (None, "")
     if why_not:

@@ -171,6 +171,7 @@ def test_prefill_then_decode_steps_match_golden_prefill_and_decode(runnable_plat
             assert compare(k_cache[i, :, :n], gk[i, :, :n]).ok and compare(v_cache[i, :, :n], gv[i, :, :n]).ok
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_prefill_over_budget_runs_sequences_in_separate_workers(runnable_platform, monkeypatch):
     cfg = preset("tiny-mha")
@@ -218,6 +219,7 @@ def test_a_prefill_that_not_even_its_parts_fit_is_refused_with_the_figures(monke
                            torch.tensor([128], dtype=torch.int32), platform="a5sim")
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_a_prefill_too_big_for_one_worker_runs_in_parts_and_matches(runnable_platform, monkeypatch):
     """The split checked run (one program per loop and group) on tiny, forced, every loop cut into
@@ -273,6 +275,7 @@ def test_the_split_is_sized_by_the_worker_budget_and_refuses_what_cannot_fit():
         chunking.split_prefill(big, [1024], 128, 128, 128, budget=1 * chunking.GIB)
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_platform, monkeypatch):
     """Past MAX_COST_MODEL_SCORES the timing comes from loop A, loop B in groups of query tiles,
@@ -285,13 +288,6 @@ def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_p
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     whole = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False)
     monkeypatch.setattr(chunking, "MAX_COST_MODEL_SCORES", chunking.attention_scores(cfg, lens, 32) // 3)
-    phased = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False)
-    rep = phased.report
-    assert phased.out is None and rep.timing_from.startswith("phased cost-model runs") and len(rep.chunks) > 4
-    assert rep.sim_us == pytest.approx(sum(c["sim_us"] for c in rep.chunks))
-    assert rep.tasks == whole.report.tasks  # the same work, cut at the loop boundaries
-    checked = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True)
-    assert checked.report.within_tolerance is True and checked.report.sim_us == pytest.approx(rep.sim_us)
     phase_folders = []
 
     def recording(*args, **kwargs):
@@ -300,13 +296,21 @@ def test_a_prefill_too_long_for_one_cost_model_run_is_timed_in_phases(runnable_p
         return result
 
     monkeypatch.setattr(layer, "run_job", recording)
-    kept = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False, keep=True)
-    assert len(phase_folders) == len(kept.report.chunks) and all(f is not None and not f.exists() for f in phase_folders)
-    trace = json.loads(Path(kept.report.trace).read_text())["traceEvents"]
+    phased = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, values=False,
+                                keep=True)
+    rep = phased.report
+    assert phased.out is None and rep.timing_from.startswith("phased cost-model runs") and len(rep.chunks) > 4
+    assert rep.sim_us == pytest.approx(sum(c["sim_us"] for c in rep.chunks))
+    assert rep.tasks == whole.report.tasks  # the same work, cut at the loop boundaries
+    assert len(phase_folders) == len(rep.chunks) and all(f is not None and not f.exists() for f in phase_folders)
+    monkeypatch.setattr(layer, "run_job", run_job)
+    checked = qwenlayers.prefill(cfg, weights, hidden, seq_lens, platform=runnable_platform.name, plan=tiles, check=True)
+    assert checked.report.within_tolerance is True and checked.report.sim_us == pytest.approx(rep.sim_us)
+    trace = json.loads(Path(rep.trace).read_text())["traceEvents"]
     spans = [e for e in trace if e.get("pid") == PHASE_PID and e.get("ph") == "X"]
-    assert [s["name"] for s in spans] == [c["worker"] for c in kept.report.chunks]  # one span per phase, in run order
+    assert [s["name"] for s in spans] == [c["worker"] for c in rep.chunks]  # one span per phase, in run order
     assert all(a["ts"] + a["dur"] == b["ts"] for a, b in zip(spans, spans[1:]))  # laid end to end
     tasks = [e for e in trace if e.get("ph") == "X" and "event-hint" in e.get("args", {})]
     assert tasks and min(e["ts"] for e in tasks) >= 0 and max(e["ts"] + e["dur"] for e in tasks) <= spans[-1]["ts"] + spans[-1]["dur"]
-    assert sorted(p.name for p in Path(kept.report.run_dir).iterdir()) == ["phased.pefetto.trace.json"]  # phase folders removed
-    shutil.rmtree(kept.report.run_dir)
+    assert sorted(p.name for p in Path(rep.run_dir).iterdir()) == ["phased.pefetto.trace.json"]  # phase folders removed
+    shutil.rmtree(rep.run_dir)

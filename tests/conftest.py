@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# pytest-xdist's workers run with COLUMNS=80, which the CLI honours (a user's COLUMNS wins):
+# the suite's CLI output is a pipe's, as in a CI log, so the tables take their piped width.
+os.environ.pop("COLUMNS", None)
+
+import pytest  # noqa: E402
 import torch
 
 from qwenlayers.core.platform import Platform

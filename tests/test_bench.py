@@ -24,6 +24,7 @@ def test_layer_work_counts_by_hand():
     assert p.roofline_us(1e12, 1e15) == pytest.approx(p.bytes / 1e12 * 1e6)  # tiny work: memory-bound
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path):
     res = runner.invoke(app, ["bench", "--model", "tiny", "--batch", "1,2", "--seq-len", "64", "--platform",
@@ -50,6 +51,7 @@ def test_bench_sweep_writes_history_plot_and_traces(runnable_platform, tmp_path)
     assert not any(p.is_dir() for p in tmp_path.iterdir())  # run folders are not kept, only the traces
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_prefill_bench_records_the_reference_schedule_beside_ours(runnable_platform, tmp_path):
     res = runner.invoke(app, ["bench", "--phase", "prefill", "--model", "tiny", "--seq-len", "40", "--platform",

@@ -47,6 +47,7 @@ def test_exit_codes():
     assert res.exit_code == 3 and "Did you mean 'a5sim'?" in res.output and "qwenlayers[a5simm]" not in res.output
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_run_with_no_options_is_a_checked_small_decode(runnable_platform, monkeypatch):
     monkeypatch.setenv("QWENLAYERS_PLATFORM", runnable_platform.name)
@@ -58,6 +59,7 @@ def test_run_with_no_options_is_a_checked_small_decode(runnable_platform, monkey
     assert report["sim_us"] > 0 and report["max_abs_err"] < 0.05
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_run_from_a_checkpoint_with_seq_lens_prints_the_table(runnable_platform, tmp_path):
     from qwenlayers import LayerWeights, preset

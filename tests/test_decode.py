@@ -135,6 +135,7 @@ def test_small_seq_tile_and_hf_named_dict_weights(runnable_platform):
     assert result.report.plan["seq_tile"] == 32 and result.report.plan["origin"]["seq_tile"] == "user"
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_a_checked_run_over_budget_is_split_into_batch_chunks(runnable_platform, monkeypatch):
     cfg = preset("tiny-mha")
@@ -148,6 +149,7 @@ def test_a_checked_run_over_budget_is_split_into_batch_chunks(runnable_platform,
         assert all(c["sim_us"] is None for c in r.chunks)
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_when_one_row_does_not_fit_the_layer_runs_to_the_residual_in_chunks_then_mlp_shards(runnable_platform, monkeypatch):
     monkeypatch.setenv("QWENLAYERS_WORKER_MEM_GB", "0.1")  # below any whole-layer worker (as qwen3-32b is at 10 GB)

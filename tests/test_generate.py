@@ -86,6 +86,7 @@ def test_tokens_equal_transformers_and_drift_within_the_bar(checkpoints: dict[st
     assert all(d.within and 0 < d.platform_rel < 0.05 for d in gen.drift)
 
 
+@pytest.mark.neutral
 def test_tensor_parallel_gives_the_same_tokens(checkpoints: dict[str, Path], runnable_platform) -> None:
     prompts = [[5, 17, 3], [44, 2]]
     one = generate(checkpoints["hd64-gqa2-tied"], prompts, steps=1, platform=runnable_platform.name)
@@ -95,6 +96,7 @@ def test_tensor_parallel_gives_the_same_tokens(checkpoints: dict[str, Path], run
     assert all(t.sim_us and t.sim_us > 0 for t in two.timings)
 
 
+@pytest.mark.neutral
 def test_cli_generate_prints_tokens_timing_drift_and_writes_the_record(checkpoints: dict[str, Path], runnable_platform,
                                                                        tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["generate", "--weights", str(checkpoints["hd64-gqa2-tied"]), "--prompt-ids", "1,2,3",
@@ -326,6 +328,7 @@ def test_a_near_tie_is_a_margin_within_bf16_logit_noise() -> None:
     assert gaps_to(fp32, [1, 3]) == pytest.approx([0.1, 0.8])  # how far below each row's best the chosen token is
 
 
+@pytest.mark.neutral
 def test_the_readme_generate_lines_run_as_written(runnable_platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import re
     import shlex

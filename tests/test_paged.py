@@ -125,6 +125,7 @@ def test_decode_steps_through_the_table_follow_the_contiguous_ones(runnable_plat
             assert torch.equal(k_pool[int(table[b, (n - 1) // block]), :, (n - 1) % block], k_cache[b, :, n - 1])
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_a_paged_decode_split_into_batch_chunks_sends_each_chunk_its_own_blocks(runnable_platform, monkeypatch):
     cfg, block = preset("tiny-mha"), 16
@@ -296,6 +297,7 @@ def test_tensor_parallel_prefill_writes_the_pools_through_the_table(runnable_pla
 # ---------------------------------------------------------------- CLI
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 @pytest.mark.parametrize("args", [
     ["run", "--paged", "--block-size", "16", "--seq-lens", "1,16,17,40"],
@@ -317,6 +319,7 @@ def test_cli_run_paged(runnable_platform, args):
         assert data["paged"]["block"] == int(args[args.index("--block-size") + 1])
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_cli_bench_paged_sets_the_paged_time_beside_the_contiguous_one(runnable_platform, tmp_path):
     from typer.testing import CliRunner

@@ -10,6 +10,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_readme_python_snippet_runs_as_a_script(tmp_path):
     """On every test env: the snippet names a5sim (what `pip install qwenlayers[a5sim]` installs),

@@ -34,6 +34,7 @@ def test_the_key_is_the_program_and_the_target_not_the_numbers():
     assert result_cache.job_key(other_budgets, _job(), False) != key
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_a_cost_model_run_does_not_read_values(runnable_platform):
     """Why the cache is keyed by shapes, and why bench and tune cost-model points run on zero
@@ -48,6 +49,7 @@ def test_a_cost_model_run_does_not_read_values(runnable_platform):
     assert runs[0].tasks == runs[1].tasks and runs[0].total_cycles == runs[1].total_cycles and runs[0].sim_us == runs[1].sim_us
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 @pytest.mark.result_cache
 def test_an_identical_cost_model_run_answers_from_the_cache(runnable_platform):
@@ -64,6 +66,7 @@ def test_an_identical_cost_model_run_answers_from_the_cache(runnable_platform):
     assert other.report.cache_key != again.report.cache_key  # another program, another entry (it may be cached already)
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 @pytest.mark.result_cache
 def test_a_repeated_bench_point_reuses_its_result_and_its_trace(runnable_platform, tmp_path):

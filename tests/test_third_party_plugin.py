@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).parent
 
 
+@pytest.mark.neutral
 def test_dummy_plugin_installs_lists_and_selects(tmp_path):
     src = tmp_path / "qwenlayers_dummy"
     shutil.copytree(HERE / "plugins" / "qwenlayers_dummy", src)

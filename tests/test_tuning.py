@@ -19,6 +19,7 @@ def test_shape_classes_round_up_to_powers_of_two():
     assert shape_class("prefill", [100, 30]) == "t256"
 
 
+@pytest.mark.neutral
 @pytest.mark.sim
 def test_tune_caches_a_faster_plan_that_becomes_the_default_for_its_class(runnable_platform, tmp_path, monkeypatch):
     monkeypatch.setenv("QWENLAYERS_TUNED_DIR", str(tmp_path))

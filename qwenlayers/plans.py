@@ -109,29 +109,23 @@ PAGED = "paged block"
 def fit_paged_block(plan: TilingPlan, block: int, cfg: Qwen3Config, platform: Platform) -> TilingPlan:
     """Tiles that fit a paged cache of ``block``-row blocks. A paged decode reads whole blocks
     per attention iteration: KV_BLOCK is a multiple of the block size (the plugin's, fitted to
-    the longest sequence, rounded down to one, at least one block), and SEQ_TILE and QK_COLS fit
-    inside a block (Q @ K^T and P @ V run per block). A paged prefill writes whole query tiles
-    into blocks: SEQ_TILE divides the block size. A user's or tuned value that does not fit is
-    refused, not overridden."""
+    the longest sequence, rounded down to one, at least one block); its cube tiles gather rows
+    through the table (core.kernels.paged_decode), so they need not fit inside a block. A paged
+    prefill writes whole query tiles into blocks: SEQ_TILE divides the block size. A user's or
+    tuned value that does not fit is refused, not overridden."""
     values: dict[str, int] = {}
-    if block % plan.seq_tile:
+    if plan.phase == "prefill" and block % plan.seq_tile:
         if not (plan.seq_tile > block and plan.refittable("seq_tile")):
             raise TilingError(f"seq_tile={plan.seq_tile} (from {plan.origin_of('seq_tile')}) does not divide the paged cache's "
-                              f"block of {block} rows; the attention tiles must fit whole blocks: use a seq_tile that "
-                              "divides the block size")
+                              f"block of {block} rows; a paged prefill writes whole query tiles into blocks: use a seq_tile "
+                              "that divides the block size")
         values["seq_tile"] = block
-    if plan.phase == "decode":
-        if plan.kv_block % block:
-            if not plan.refittable("kv_block"):
-                raise TilingError(f"kv_block={plan.kv_block} (from {plan.origin_of('kv_block')}) is not a multiple of the paged "
-                                  f"cache's {block}-row blocks; a paged decode reads whole blocks per attention iteration: "
-                                  "leave KV_BLOCK out of the plan or set it to a multiple of the block size")
-            values["kv_block"] = max(block, plan.kv_block // block * block)
-        if block % plan.qk_cols:
-            if not plan.refittable("qk_cols"):
-                raise TilingError(f"qk_cols={plan.qk_cols} (from {plan.origin_of('qk_cols')}) does not divide the paged cache's "
-                                  f"block of {block} rows; Q @ K^T runs per block")
-            values["qk_cols"] = min(block, values.get("seq_tile", plan.seq_tile))
+    if plan.phase == "decode" and plan.kv_block % block:
+        if not plan.refittable("kv_block"):
+            raise TilingError(f"kv_block={plan.kv_block} (from {plan.origin_of('kv_block')}) is not a multiple of the paged "
+                              f"cache's {block}-row blocks; a paged decode reads whole blocks per attention iteration: "
+                              "leave KV_BLOCK out of the plan or set it to a multiple of the block size")
+        values["kv_block"] = max(block, plan.kv_block // block * block)
     if not values:
         return plan
     return fit_block_cols(plan.with_overrides(values, source=PAGED), cfg, platform)

@@ -99,6 +99,7 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
         paged_write_index,
     )
     from qwenlayers.core.kernels.layer_blocks import decode_weight_layout
+    from qwenlayers.core.kernels.paged_decode import paged_head_table
 
     cfg, plan, part = j.config, j.plan, j.part
     x, k_cache, v_cache = j.hidden, j.k_cache, j.v_cache
@@ -109,18 +110,19 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
     if j.block_table is not None:  # pools [num_blocks, KVH, BLOCK, D] and their table (core.paged)
         blocks, kvh, block, d = k_cache.shape
-        table = j.block_table
-        where = paged_write_index(j.seq_lens, table, kvh, block)
-        shape = DecodeShape(batch, table.shape[1] * block, j.tilelet_bytes, block, blocks, table.shape[1])
-        kc, vc = k_cache.view(blocks * kvh, block, d), v_cache.view(blocks * kvh, block, d)
+        per_iter = max(1, plan.kv_block // block)  # table entries one attention iteration reads
+        width = -(-j.block_table.shape[1] // per_iter) * per_iter
+        table = paged_head_table(j.block_table, kvh, width)
+        where = paged_write_index(j.seq_lens, j.block_table, kvh, block)
+        shape = DecodeShape(batch, width * block, j.tilelet_bytes, block, blocks, width)
+        kc, vc = k_cache.view(blocks * kvh * block, d), v_cache.view(blocks * kvh * block, d)
     else:
         _, kvh, max_seq, d = k_cache.shape
         table = torch.zeros(batch, 1, dtype=torch.int32)  # not read by a contiguous build
         where = cache_write_index(j.seq_lens, kvh)
         shape = DecodeShape(batch, max_seq, j.tilelet_bytes)
         kc, vc = k_cache.view(batch * kvh, max_seq, d), v_cache.view(batch * kvh, max_seq, d)
-    scores = torch.zeros(shape.score_dims(kvh, cfg.group_size, plan.kv_block), dtype=torch.float32)  # see DecodeShape
-    tail = [j.cos, j.sin, kc, vc, table, j.seq_lens, *where, attn, scores, out]
+    tail = [j.cos, j.sin, kc, vc, table, j.seq_lens, *where, attn, out]
     if j.schedule == "reference":
         from qwenlayers.core.kernels.reference import build_decode_reference, reference_workspaces
 

@@ -75,17 +75,5 @@ LOOP_RESULTS_THROUGH_GM = Workaround(
     remove_when="core/kernels/decode.py with `attn = pypto.tensor(...)` instead of the argument runs and matches the golden",
 )
 
-LAST_STORE_BEFORE_READ = Workaround(
-    key="pypto-last-store-before-read",
-    summary="a paged decode stores its first block's scores into the scores workspace twice, after the other blocks",
-    why=(
-        "pypto 0.2.0: several pypto.assemble stores into column ranges of one GM workspace inside a loop iteration, then "
-        "a view of the whole range read in the same iteration: the read misses the last store (qwen3 tiny paged decode, "
-        "4 blocks per iteration, wrong exactly when the last block holds rows; right with one more store after it)"
-    ),
-    upstream="none: found building qwenlayers' paged decode (core/kernels/decode.py block_scores)",
-    remove_when="tests/test_paged.py passes with the second store of the first block removed",
-)
-
 #: Notes: how the builders are written, on every target.
-BUILDER_NOTES = (ONE_AXIS_BROADCAST, NO_COND_IN_JIT, LOOP_RESULTS_THROUGH_GM, LAST_STORE_BEFORE_READ)
+BUILDER_NOTES = (ONE_AXIS_BROADCAST, NO_COND_IN_JIT, LOOP_RESULTS_THROUGH_GM)

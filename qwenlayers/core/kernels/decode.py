@@ -36,7 +36,8 @@ from qwenlayers.core.kernels.layer_blocks import (
     o_proj_out,
     project_qkv,
 )
-from qwenlayers.core.kernels.online_softmax import online_softmax_fn, paged_online_softmax_fn
+from qwenlayers.core.kernels.online_softmax import online_softmax_fn
+from qwenlayers.core.kernels.paged_decode import paged_flash_decode_fn
 from qwenlayers.core.tiling import TilingPlan, batch_tile_rows
 
 
@@ -55,34 +56,34 @@ class DecodeShape:
     tilelet_bytes: int = 0
     block: int = 0  # a paged cache (core.paged): rows per block; 0: contiguous caches
     num_blocks: int = 0  # blocks in the pools the kernel gets
-    max_blocks: int = 1  # block-table entries per sequence
+    max_blocks: int = 1  # table entries per row: paged, the head table's width (whole iterations of blocks)
 
-    def score_dims(self, kv_heads: int, group: int, kv_block: int) -> tuple[int, int, int]:
-        """The GM workspace of a paged iteration's scores, [B*KVH, G, KV_BLOCK] fp32 when an
-        iteration reads several blocks ([1, 1, 1], unread, otherwise): a local tensor assembled
-        block by block inside the loop is lost by pypto 0.2.0's interpreter (FB100E, a missing
-        slot; workaround pypto-loop-results-through-gm)."""
-        if self.block and kv_block > self.block:
-            return (self.batch * kv_heads, group, kv_block)
-        return (1, 1, 1)
+    def table_dims(self, kv_heads: int) -> tuple[int, int]:
+        """The table argument: paged, the head table [B*KVH, max_blocks]
+        (:func:`~qwenlayers.core.kernels.paged_decode.paged_head_table`); contiguous, a [B, 1]
+        table the kernel never reads."""
+        return (self.batch * kv_heads, self.max_blocks) if self.block else (self.batch, self.max_blocks)
 
-    @property
-    def cache_dims(self) -> tuple[int, int]:
-        """The caches as the kernel sees them, [rows, cols, D]: contiguous [B*KVH, MAX_SEQ, D];
-        paged, the pools [num_blocks*KVH, BLOCK, D]."""
-        return (self.num_blocks, self.block) if self.block else (self.batch, self.max_seq)
+    def cache_shape(self, kv_heads: int, head_dim: int) -> tuple[int, ...]:
+        """The caches as the kernel sees them: contiguous [B*KVH, MAX_SEQ, D]; paged, the pools'
+        rows [num_blocks*KVH*BLOCK, D], the form the table gathers read (core.kernels.paged_decode)."""
+        if self.block:
+            return (self.num_blocks * kv_heads * self.block, head_dim)
+        return (self.batch * kv_heads, self.max_seq, head_dim)
 
 
 def paged_write_index(seq_lens: Any, block_table: Any, kv_heads: int, block: int) -> tuple[Any, Any]:
-    """(rows, slots) into the pools viewed [num_blocks*KVH, BLOCK, D] where each head's new row
-    goes: block ``block_table[b, (seq_len-1) // BLOCK]``, slot ``(seq_len-1) % BLOCK``."""
+    """(pool rows, slots) int32 [B*KVH]: the row of the pools viewed [num_blocks*KVH*BLOCK, D]
+    where each head's new row goes, ``(block_table[b, (seq_len-1) // BLOCK] * KVH + h) * BLOCK
+    + (seq_len-1) % BLOCK``, and that slot. The paged kernel's scatter reads the rows only."""
     import torch
 
     lens = torch.as_tensor(seq_lens, dtype=torch.int64)
     last = lens - 1
     blocks = torch.as_tensor(block_table)[torch.arange(lens.numel()), last // block].to(torch.int64)
     heads = (blocks[:, None] * kv_heads + torch.arange(kv_heads)).reshape(-1)
-    return heads.to(torch.int32).contiguous(), (last % block).repeat_interleave(kv_heads).to(torch.int32).contiguous()
+    slots = (last % block).repeat_interleave(kv_heads)
+    return (heads * block + slots).to(torch.int32).contiguous(), slots.to(torch.int32).contiguous()
 
 
 def cache_write_index(seq_lens: Any, kv_heads: int) -> tuple[Any, Any]:
@@ -98,7 +99,8 @@ def cache_write_index(seq_lens: Any, kv_heads: int) -> tuple[Any, Any]:
 def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any:
     """The cache write and flash-decode loop as a pypto inline function (``@pypto.frontend.function``):
     pypto's frontend parses loops and ``if`` on loop state only in parsed bodies, and this one
-    body is shared by every program that runs the attention."""
+    body is shared by every program that runs the attention. A paged cache gets its own loop
+    (:mod:`qwenlayers.core.kernels.paged_decode`) with the same arguments."""
     import pypto
 
     bf16, fp32, i32 = pypto.DT_BF16, pypto.DT_FP32, pypto.DT_INT32
@@ -106,60 +108,31 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
     st, kb, qhb, scale = t.seq_tile, t.kv_block, t.q_head_batch, d**-0.5
     pv_l1, qk, qk_k0 = t.pv_k_l1, t.qk_cols, t.qk_k_l0
     heads = b_rows * kvh
-    rows, cols = shape.cache_dims
-    cache_heads, paged, blk_rows = rows * kvh, shape.block > 0, shape.block
-    if paged and kb % blk_rows:
-        raise ValueError(f"a paged decode reads whole blocks per attention iteration: kv_block {kb} is not a multiple of "
-                         f"block {blk_rows}")
-    # several blocks per iteration: Q @ K^T and P @ V per block, the softmax over all of them
-    per_iter = kb // blk_rows if paged else 1
-    multi = per_iter > 1
-    score_dims = shape.score_dims(kvh, g, kb)
-
-    def kv_view(cache: Any, table: Any, b: Any, blk: Any, valid: Any) -> Any:
-        """One iteration's [KVH, KV_BLOCK, D] rows, straight from the full cache (a view taken in
-        an outer body is materialised as a copy, spike: 5.6x more tasks): the sequence's rows
-        blk*KV_BLOCK.. of a contiguous cache, or the block its table names in a pool."""
-        if paged:
-            return pypto.view(cache, [kvh, kb, d], [table[b, blk] * kvh, 0, 0], valid_shape=[kvh, valid, d])
-        return pypto.view(cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
-
-    softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
-    paged_step = (paged_online_softmax_fn((kvh, g), kb, d, ([g, g], [st, min(pv_l1, blk_rows)], [d, d]), (1, qhb, d),
-                                          blk_rows, cache_heads, (b_rows, shape.max_blocks)) if multi else None)
-
-    def block_scores(qg: Any, cache: Any, table: Any, b: Any, blk: Any, valid: Any, scores: Any) -> Any:
-        """Q @ K^T of one iteration's blocks, each into its columns of sequence ``b``'s rows of the
-        ``scores`` workspace [B*KVH, G, KV_BLOCK]. The first block's scores are stored twice: the
-        last store before the read is not seen by it (workaround pypto-last-store-before-read)."""
-        first = None
-        for j in range(per_iter):
-            vj = (valid - j * blk_rows).max(0).min(blk_rows)
-            kj = pypto.view(cache, [kvh, blk_rows, d], [table[b, blk * per_iter + j] * kvh, 0, 0], valid_shape=[kvh, vj, d])
-            sj = pypto.matmul(qg, kj, fp32, b_trans=True)
-            first = sj if first is None else first
-            pypto.assemble(sj, [b * kvh, 0, j * blk_rows], scores)
-        pypto.assemble(first, [b * kvh, 0, 0], scores)  # the same values again, so no block's store is the lost one
-        return pypto.view(scores, [kvh, g, kb], [b * kvh, 0, 0])
+    cache_dims, table_dims = shape.cache_shape(kvh, d), shape.table_dims(kvh)
     write_tile = batch_tile_rows(2 * d, shape.tilelet_bytes, heads)  # not "write_rows": that name is an argument below
+    if shape.block:
+        if kb % shape.block:
+            raise ValueError(f"a paged decode reads whole blocks per attention iteration: kv_block {kb} is not a multiple of "
+                             f"block {shape.block}")
+        return paged_flash_decode_fn((b_rows, kvh, g, d), t, (cache_dims[0], shape.block, table_dims[1]), write_tile)
+    softmax_step = online_softmax_fn((kvh, g), kb, d, ([g, g], [st, pv_l1], [d, d]), (1, qhb, d))
 
     @pypto.frontend.function
     def flash_decode(
         q_groups: pypto.Tensor((heads, g, d), bf16),
         k_new: pypto.Tensor((heads, 1, d), bf16),
         v_new: pypto.Tensor((heads, 1, d), bf16),
-        k_cache: pypto.Tensor((cache_heads, cols, d), bf16),
-        v_cache: pypto.Tensor((cache_heads, cols, d), bf16),
-        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
+        k_cache: pypto.Tensor(cache_dims, bf16),
+        v_cache: pypto.Tensor(cache_dims, bf16),
+        block_table: pypto.Tensor(table_dims, i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((heads,), i32),
         write_rows: pypto.Tensor((heads,), i32),
         attn: pypto.Tensor((heads, g, d), bf16),
-        scores: pypto.Tensor(score_dims, fp32),
     ):
         # pypto re-reads the annotations from the closure when inlining; names only used there
         # are not closure cells unless the body mentions them
-        _annotation_names = (heads, shape, bf16, i32, cache_heads, cols, per_iter, blk_rows, paged, score_dims)  # noqa: F841
+        _annotation_names = (heads, bf16, i32, cache_dims, table_dims)  # noqa: F841
         # The cache write: every sequence's new row in one scatter before the attention loop.
         # Written per sequence inside the loop (pypto-lib's and the spike's shape), each write
         # orders all later cache reads behind it and the sequences run one after another:
@@ -174,22 +147,20 @@ def _flash_decode_fn(cfg: Qwen3Config, t: LayerTiles, shape: DecodeShape) -> Any
             m_i = pypto.tensor([kvh, g, 1], fp32, "m_i")
             l_i = pypto.tensor([kvh, g, 1], fp32, "l_i")
             # KV_BLOCK rows per iteration (seq_tile-wide tiles inside it): the online-softmax
-            # chain is ceil(L / KV_BLOCK) long, not ceil(L / SEQ_TILE)
+            # chain is ceil(L / KV_BLOCK) long, not ceil(L / SEQ_TILE). The iteration's rows are
+            # a view taken here, straight from the full cache (a view taken in an outer body is
+            # materialised as a copy, spike: 5.6x more tasks).
             for blk in pypto.loop((length + kb - 1) // kb, name="LOOP_kv", idx_name="blk"):
                 valid = (length - blk * kb).min(kb)
                 # QK_COLS cache rows per cube step in one copy, head_dim split to keep the L0 tile
                 pypto.set_cube_tile_shapes([g, g], [qk_k0, d], [qk, qk])
-                if multi:
-                    s = block_scores(qg, k_cache, block_table, b, blk, valid, scores)
-                else:
-                    s = pypto.matmul(qg, kv_view(k_cache, block_table, b, blk, valid), fp32, b_trans=True)  # [KVH, G, KB]
+                k_blk = pypto.view(k_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
+                s = pypto.matmul(qg, k_blk, fp32, b_trans=True)  # [KVH, G, KB]
                 s = pypto.view(s, [kvh, g, kb], [0, 0, 0], valid_shape=[kvh, g, valid])
                 pypto.set_vec_tile_shapes(1, qhb, t.score_cols)
                 s = s * scale
-                if multi:
-                    paged_step(s, v_cache, block_table, acc, m_i, l_i, b, blk, valid)
-                else:
-                    softmax_step(s, kv_view(v_cache, block_table, b, blk, valid), acc, m_i, l_i, blk)
+                v_blk = pypto.view(v_cache, [kvh, kb, d], [b * kvh, blk * kb, 0], valid_shape=[kvh, valid, d])
+                softmax_step(s, v_blk, acc, m_i, l_i, blk)
                 if pypto.is_loop_end(blk):
                     pypto.assemble(pypto.cast(acc / l_i, bf16), [b * kvh, 0, 0], attn)
 
@@ -233,21 +204,20 @@ def build_decode(config: Qwen3Config, shape: DecodeShape, plan: TilingPlan, *, j
         w_down: pypto.Tensor(lay["w_down"], bf16),
         cos: pypto.Tensor((b_rows, 1, d), fp32),
         sin: pypto.Tensor((b_rows, 1, d), fp32),
-        k_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
-        v_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
-        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
+        k_cache: pypto.Tensor(shape.cache_shape(kvh, d), bf16),
+        v_cache: pypto.Tensor(shape.cache_shape(kvh, d), bf16),
+        block_table: pypto.Tensor(shape.table_dims(kvh), i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
-        scores: pypto.Tensor(shape.score_dims(kvh, g, plan.kv_block), fp32),
         out: pypto.Tensor((b_rows, h), bf16),
     ):
         blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn, "w_o": w_o,
              "w_ln2": w_ln2, "w_gu": w_gu, "w_down": w_down}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn, scores)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
         # reduction point 1 (a tensor-parallel rank stops before the residual: residual=False)
         resid = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, True)
         down_part = mlp_half(cfg, t, eps, resid, w, cfg.intermediate_size)
@@ -290,20 +260,19 @@ def build_decode_attention(
         w_o: pypto.Tensor(lay["w_o"], bf16),
         cos: pypto.Tensor((b_rows, 1, d), fp32),
         sin: pypto.Tensor((b_rows, 1, d), fp32),
-        k_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
-        v_cache: pypto.Tensor((shape.cache_dims[0] * kvh, shape.cache_dims[1], d), bf16),
-        block_table: pypto.Tensor((b_rows, shape.max_blocks), i32),
+        k_cache: pypto.Tensor(shape.cache_shape(kvh, d), bf16),
+        v_cache: pypto.Tensor(shape.cache_shape(kvh, d), bf16),
+        block_table: pypto.Tensor(shape.table_dims(kvh), i32),
         seq_lens: pypto.Tensor((b_rows,), i32),
         write_heads: pypto.Tensor((b_rows * kvh,), i32),
         write_rows: pypto.Tensor((b_rows * kvh,), i32),
         attn: pypto.Tensor((b_rows * kvh, g, d), bf16),
-        scores: pypto.Tensor(shape.score_dims(kvh, g, plan.kv_block), fp32),
         resid: pypto.Tensor((b_rows, h), out_dtype),
     ):
         blocks.merge_tasks(t.pass_options)
         w = {"w_ln1": w_ln1, "w_q": w_q, "w_kv": w_kv, "w_qn": w_qn, "w_kn": w_kn}
         q_groups, k_new, v_new = project_qkv(cfg, t, b_rows, eps, x, w, cos, sin)
-        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn, scores)
+        flash_decode(q_groups, k_new, v_new, k_cache, v_cache, block_table, seq_lens, write_heads, write_rows, attn)
         resid[:] = o_proj_out(t, x, pypto.reshape(attn, [b_rows, cfg.q_width]), w_o, residual)
 
     return qwen3_decode_attention

@@ -110,9 +110,8 @@ def decode_job(ctx: JobContext, j: DecodeJob) -> dict[str, torch.Tensor]:
     weights = [w[name] for name in decode_weight_layout(cfg)]  # the kernels' argument order
     if j.block_table is not None:  # pools [num_blocks, KVH, BLOCK, D] and their table (core.paged)
         blocks, kvh, block, d = k_cache.shape
-        per_iter = max(1, plan.kv_block // block)  # table entries one attention iteration reads
-        width = -(-j.block_table.shape[1] // per_iter) * per_iter
-        table = paged_head_table(j.block_table, kvh, width)
+        table = paged_head_table(j.block_table, kvh, plan.kv_block // block)  # whole iterations wide
+        width = table.shape[1]
         where = paged_write_index(j.seq_lens, j.block_table, kvh, block)
         shape = DecodeShape(batch, width * block, j.tilelet_bytes, block, blocks, width)
         kc, vc = k_cache.view(blocks * kvh * block, d), v_cache.view(blocks * kvh * block, d)

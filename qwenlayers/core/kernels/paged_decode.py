@@ -33,16 +33,19 @@ from typing import Any
 from qwenlayers.core.kernels.online_softmax import online_softmax_fn
 
 
-def paged_head_table(block_table: Any, kv_heads: int, width: int) -> Any:
-    """int32 [B*KVH, width]: row ``b*KVH + h`` holds ``block_table[b, j] * KVH + h``, the pool's
-    [BLOCK, D] tile of head ``h`` in block ``table[b, j]``. Entries past the caller's table
-    (padding up to ``width``, a whole number of iterations) and negative entries (serving stacks
-    pad unused ones with -1) become block 0: they are never inside a sequence's length, but the
-    gather's index tiles may name them."""
+def paged_head_table(block_table: Any, kv_heads: int, per_iteration: int) -> Any:
+    """int32 [B*KVH, W]: row ``b*KVH + h`` holds ``block_table[b, j] * KVH + h``, the pool's
+    [BLOCK, D] tile of head ``h`` in block ``table[b, j]``. W is the caller's table width rounded
+    up to whole attention iterations of ``per_iteration`` entries (KV_BLOCK / BLOCK), so every
+    iteration's view of a row stays inside it. Entries past the caller's table and negative
+    entries (serving stacks pad unused ones with -1) become block 0: they are never inside a
+    sequence's length, but the gather's index tiles may name them."""
     import torch
 
     table = torch.as_tensor(block_table).to(torch.int64).clamp(min=0)
     batch, entries = table.shape
+    per = max(1, per_iteration)
+    width = -(-entries // per) * per
     padded = torch.zeros(batch, width, dtype=torch.int64)
     padded[:, :entries] = table
     heads = padded[:, None, :] * kv_heads + torch.arange(kv_heads)[None, :, None]
